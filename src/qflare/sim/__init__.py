@@ -1,0 +1,1 @@
+"""Simulation harnesses: in-memory cohorts and federated-learning simulations."""
