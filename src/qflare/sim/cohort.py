@@ -92,6 +92,8 @@ class Cohort:
         dropouts: Client id -> round at which it goes silent (it sends nothing from then on).
         server_hook: Rewrites (or drops, returning ``None``) each server->client message.
         client_hook: Rewrites (or drops) each client->server message.
+        signers: Identity keys to use (default: fresh ones per participant).
+        server_verifies: Whether the server checks signatures (off to play a lying server).
     """
 
     def __init__(
@@ -103,11 +105,14 @@ class Cohort:
         server_hook: ServerHook | None = None,
         client_hook: ClientHook | None = None,
         signers: Mapping[int, Signer] | None = None,
+        server_verifies: bool = True,
     ) -> None:
         self.cfg = config
         self._rng: Rng = SystemRng() if seed is None else DeterministicRng(seed)
         self.dropouts = dict(dropouts or {})
         self._server_hook, self._client_hook = server_hook, client_hook
+        self._server_verifies = server_verifies
+        self.clients: dict[int, SecAggClient] = {}
         scheme = SignatureScheme(config.signature_scheme)
         self.signers = (
             dict(signers)
@@ -121,10 +126,15 @@ class Cohort:
         at = self.dropouts.get(client)
         return at is not None and _ORDER[state] >= _ORDER[at]
 
-    def run(self, inputs: InputFn) -> CohortResult:
-        """Run the round to completion (or abort) and return what happened."""
-        server = SecAggServer(self.cfg, self.identities)
-        clients = {
+    def run(self, inputs: InputFn, progress: Callable[[str], None] | None = None) -> CohortResult:
+        """Run the round to completion (or abort) and return what happened.
+
+        Args:
+            inputs: Client id -> its ring vector (called when the client reaches R2).
+            progress: Called with the state name each time the server advances.
+        """
+        server = SecAggServer(self.cfg, self.identities, verify_signatures=self._server_verifies)
+        self.clients = clients = {
             u: SecAggClient(
                 self.cfg, u, self.signers[u], self.identities, self._rng, self.registries[u]
             )
@@ -140,6 +150,8 @@ class Cohort:
             self._deliver(server, msg, State.R0_ADVERTISE_KEYS, res)
         while server.state not in (State.COMPLETED, State.ABORTED):
             state = server.state
+            if progress is not None:
+                progress(state.value)
             t0 = time.perf_counter()
             try:
                 outbox = server.advance()
