@@ -62,7 +62,7 @@ def bench_secagg(
     dim: Annotated[int, typer.Option(help="Update length d (float32 parameters).")] = 100_000,
     dropout: Annotated[float, typer.Option(help="Fraction of clients that drop.")] = 0.0,
     drop_stage: Annotated[
-        str, typer.Option(help=f"Round at which they go silent: {', '.join(_STAGES)}.")
+        str, typer.Option(help=f"Round at which they go silent: {', '.join(_STAGES)} (or R0..R4).")
     ] = "R2_MASKED_INPUT",
     k: Annotated[
         int | None, typer.Option(help="Shares per client (closed neighbourhood); default: finder.")
@@ -75,8 +75,10 @@ def bench_secagg(
     output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
     """Benchmark one SecAgg+ round in-process against the AES-CTR and numpy floors."""
-    if drop_stage not in _STAGES:
-        raise typer.BadParameter(f"--drop-stage must be one of {_STAGES}")
+    stage = next((s for s in _STAGES if drop_stage in (s, s[:2])), None)
+    if stage is None:
+        raise typer.BadParameter(f"--drop-stage must be one of {_STAGES} (or R0..R4)")
+    drop_stage = stage
     cfg = SecAggBenchConfig(clients, dim, dropout, drop_stage, k, t, modulus_bits, scheme, repeat)
     console = Console(stderr=True)
     with Progress(

@@ -49,7 +49,7 @@ def run_demo(
         f"dropouts: {', '.join(f'client {u} at {s.value}' for u, s in dropouts.items()) or 'none'}"
     )
     t0 = time.perf_counter()
-    res = Cohort(cfg, seed=2, dropouts=dropouts).run(ring.__getitem__)
+    res = Cohort(cfg, seed=2, dropouts=dropouts).run(lambda u: ring[u].copy())
     wall = time.perf_counter() - t0
     _table(console, res.server_seconds, res.client_seconds, res.upload_bytes)
     if res.total is None:

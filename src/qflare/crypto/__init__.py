@@ -5,7 +5,7 @@ or ciphertext is bound to an explicit context, and every check raises on failure
 """
 
 from qflare.crypto.aead import Aead
-from qflare.crypto.agree import Label, X25519KeyPair, hkdf, x25519_agree
+from qflare.crypto.agree import Label, X25519KeyPair, hkdf, x25519_agree, x25519_agree_many
 from qflare.crypto.errors import (
     CryptoError,
     DecryptionError,
@@ -60,4 +60,5 @@ __all__ = [
     "ring_dtype",
     "verify_signature",
     "x25519_agree",
+    "x25519_agree_many",
 ]

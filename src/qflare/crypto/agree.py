@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -94,6 +95,17 @@ def x25519_agree(
     Raises:
         KeyFormatError: the peer key is malformed or yields the all-zero shared secret.
     """
+    return x25519_agree_many(own, peer_public, (label,), length)[0]
+
+
+def x25519_agree_many(
+    own: X25519KeyPair | SecretBytes, peer_public: bytes, labels: Sequence[Label], length: int = 32
+) -> list[SecretBytes]:
+    """One Diffie-Hellman with ``peer_public``, then one HKDF output per label.
+
+    Raises:
+        KeyFormatError: the peer key is malformed or yields the all-zero shared secret.
+    """
     key = own if isinstance(own, X25519KeyPair) else X25519KeyPair(own)
     if len(peer_public) != X25519_KEY_BYTES:
         raise KeyFormatError("X25519 public key must be 32 bytes")
@@ -101,4 +113,4 @@ def x25519_agree(
         shared = key._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
     except ValueError as exc:  # all-zero output: small-order point
         raise KeyFormatError("X25519 agreement produced the all-zero secret") from exc
-    return hkdf(shared, label, length)
+    return [hkdf(shared, label, length) for label in labels]

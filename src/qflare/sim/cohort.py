@@ -16,6 +16,7 @@ import numpy as np
 
 from qflare.crypto import (
     DeterministicRng,
+    MaskPrg,
     RingVector,
     Rng,
     SignatureScheme,
@@ -130,13 +131,15 @@ class Cohort:
         """Run the round to completion (or abort) and return what happened.
 
         Args:
-            inputs: Client id -> its ring vector (called when the client reaches R2).
+            inputs: Client id -> a fresh ring vector that the client may overwrite (called when
+                the client reaches R2, and again by :func:`expected_sum` for checks).
             progress: Called with the state name each time the server advances.
         """
         server = SecAggServer(self.cfg, self.identities, verify_signatures=self._server_verifies)
+        prg = MaskPrg(self.cfg.dim, self.cfg.modulus_bits)  # one device's buffers, reused
         self.clients = clients = {
             u: SecAggClient(
-                self.cfg, u, self.signers[u], self.identities, self._rng, self.registries[u]
+                self.cfg, u, self.signers[u], self.identities, self._rng, self.registries[u], prg
             )
             for u in self.cfg.participants
         }

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import msgspec
-import numpy as np
 
 from qflare.crypto import (
     Aead,
@@ -55,6 +54,7 @@ class SecAggClient:
         identities: Identity public keys of the participants (from enrollment).
         rng: Randomness for keys, secrets and Shamir polynomials.
         registry: Round ids already used by this client (the invariant's memory).
+        prg: Mask expander to reuse across rounds (its buffers are allocated once per device).
     """
 
     def __init__(
@@ -65,6 +65,7 @@ class SecAggClient:
         identities: Mapping[int, bytes],
         rng: Rng,
         registry: RoundRegistry,
+        prg: MaskPrg | None = None,
     ) -> None:
         if client_id not in config.participants:
             raise LocalProtocolError("client is not a participant", state="INIT", client=client_id)
@@ -78,6 +79,10 @@ class SecAggClient:
         self._closed = self._graph[client_id] | {client_id}
         self._shamir = Shamir(config.t)
         self._input: RingVector | None = None
+        self._prg = prg
+        self._send_keys: dict[int, SecretBytes] = {}
+        self._recv_keys: dict[int, SecretBytes] = {}
+        self._pair_seeds: dict[int, SecretBytes] = {}
         self._peers: dict[int, m.AdvertiseKeys] = {}
         self._holders: set[int] = set()  # U2 ∩ N[u]: owners of the shares we hold (and self)
         self._b_shares: dict[int, bytes] = {}
@@ -88,7 +93,10 @@ class SecAggClient:
     # ---- public API -------------------------------------------------------------------------
 
     def set_input(self, vector: RingVector) -> None:
-        """Provide the quantised ring vector to aggregate (before the R2 message arrives)."""
+        """Hand over the quantised ring vector to aggregate (before the R2 message arrives).
+
+        The client takes ownership of the buffer: it is masked in place and then released.
+        """
         dtype = ring_dtype(self.cfg.modulus_bits)
         if vector.dtype != dtype or vector.shape != (self.cfg.dim,):
             raise LocalProtocolError(
@@ -170,7 +178,17 @@ class SecAggClient:
         for entry in msg.entries:
             self._verify_advertisement(entry)
         self._peers = peers
+        self._derive_pairwise(peers)
         return self._share_secrets(sorted(peers))
+
+    def _derive_pairwise(self, peers: Mapping[int, m.AdvertiseKeys]) -> None:
+        """All agreements with neighbours happen here, once keys are known (R2 only expands)."""
+        for v, entry in peers.items():
+            if v == self.id:
+                continue
+            send, recv = keys.share_keys(self.cfg, self._enc, entry.enc_pk, self.id, v)
+            self._send_keys[v], self._recv_keys[v] = send, recv
+            self._pair_seeds[v] = keys.pair_seed(self.cfg, self._mask, entry.mask_pk, self.id, v)
 
     def _verify_advertisement(self, entry: m.AdvertiseKeys) -> None:
         identity = self._identities.get(entry.sender, b"")
@@ -194,7 +212,7 @@ class SecAggClient:
             payload = m.SharePayload(
                 sender=self.id, recipient=v, self_mask_share=b_shares[x], key_share=sk_shares[x]
             )
-            aead = Aead(keys.share_key(self.cfg, self._enc, self._peers[v].enc_pk, self.id, v))
+            aead = Aead(self._send_keys[v])
             aad = keys.share_aad(self.cfg, self.id, v)
             cts[v] = aead.seal(m.encode(payload), aad=aad, sequence=0)
         self.state = State.R2_MASKED_INPUT
@@ -220,8 +238,7 @@ class SecAggClient:
         return m.MaskedInput(round_id=self.cfg.round_id, sender=self.id, vector=masked.tobytes())
 
     def _store_shares(self, sender: int, ct: bytes) -> None:
-        peer_pk = self._peers[sender].enc_pk
-        aead = Aead(keys.share_key(self.cfg, self._enc, peer_pk, sender, self.id))
+        aead = Aead(self._recv_keys[sender])
         try:
             raw = aead.open(ct, aad=keys.share_aad(self.cfg, sender, self.id), sequence=0)
             payload = m.decode_as(raw, m.SharePayload)
@@ -231,13 +248,14 @@ class SecAggClient:
             self._abort("share ciphertext names wrong parties", AbortReason.BAD_CIPHERTEXT, sender)
         self._b_shares[sender], self._sk_shares[sender] = payload.self_mask_share, payload.key_share
 
-    def _mask_input(self, x: RingVector) -> RingVector:
-        prg = MaskPrg(self.cfg.dim, self.cfg.modulus_bits)
-        y: RingVector = np.array(x, copy=True)
+    def _mask_input(self, y: RingVector) -> RingVector:
+        """Mask ``y`` in place: ``y += PRG(b) + sum_v ±PRG(s_uv)`` over neighbours in U2."""
+        prg = self._prg
+        if prg is None or prg.dim != self.cfg.dim or prg.dtype != y.dtype:
+            prg = self._prg = MaskPrg(self.cfg.dim, self.cfg.modulus_bits)
         prg.add_into(y, keys.self_mask_seed(self.cfg, self._b))
         for v in sorted(self._holders - {self.id}):
-            seed = keys.pair_seed(self.cfg, self._mask, self._peers[v].mask_pk, self.id, v)
-            prg.apply(y, seed, keys.pair_sign(self.id, v))
+            prg.apply(y, self._pair_seeds[v], keys.pair_sign(self.id, v))
         return y
 
     # ---- R3: sign the survivor set ------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qflare.crypto import Label, SecretBytes, X25519KeyPair, hkdf, x25519_agree
+from qflare.crypto import Label, SecretBytes, X25519KeyPair, hkdf, x25519_agree, x25519_agree_many
 from qflare.protocol.messages import AdvertiseKeys, RoundConfig, encode
 
 ADVERTISE_CONTEXT = b"qflare/secagg/v1/advertise"
@@ -30,12 +30,16 @@ def share_aad(cfg: RoundConfig, sender: int, recipient: int) -> bytes:
     return encode(("secagg/shares", cfg.session, cfg.round_id, sender, recipient))
 
 
-def share_key(
-    cfg: RoundConfig, own: X25519KeyPair, peer_pk: bytes, sender: int, recipient: int
-) -> SecretBytes:
-    """AES-256-GCM key for shares sent from ``sender`` to ``recipient`` (directional)."""
-    label = Label("secagg/share-enc", cfg.session, cfg.round_id, (sender, recipient))
-    return x25519_agree(own, peer_pk, label)
+def share_keys(
+    cfg: RoundConfig, own: X25519KeyPair, peer_pk: bytes, me: int, peer: int
+) -> tuple[SecretBytes, SecretBytes]:
+    """Both directional share keys with ``peer`` from one agreement: (``me->peer``, ``peer->me``)."""
+    labels = (
+        Label("secagg/share-enc", cfg.session, cfg.round_id, (me, peer)),
+        Label("secagg/share-enc", cfg.session, cfg.round_id, (peer, me)),
+    )
+    out, inp = x25519_agree_many(own, peer_pk, labels)
+    return out, inp
 
 
 def pair_label(cfg: RoundConfig, u: int, v: int) -> Label:
