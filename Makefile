@@ -32,8 +32,14 @@ pytest: $(STAMP)
 
 test: lint typecheck contracts pytest
 
+# The benchmark points of docs/benchmarks.md (JSON under docs/bench/).
 bench: $(STAMP)
-	$(BIN)/qflare bench secagg --json
+	mkdir -p docs/bench
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --k 31 --t 16 --repeat 5 --json --output docs/bench/server_n100_after_masked.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --k 31 --t 16 --repeat 5 --json --output docs/bench/server_n100_before_masked.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 6 --repeat 5 --json --output docs/bench/client_n20_d1m.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --k 15 --t 8 --repeat 5 --json --output docs/bench/round_n100_k15.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 1000 --dim 100000 --dropout 0.1 --drop-stage R2 --json --output docs/bench/n1000.json >/dev/null
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
