@@ -88,3 +88,10 @@ def test_simulate_cli_writes_metrics_and_plot(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     bad = CliRunner().invoke(app, ["simulate", "--protocol", "nope"])
     assert bad.exit_code != 0
+
+
+def test_parallel_training_gives_the_same_model():
+    base = dict(dataset="digits", num_clients=4, rounds=2, seed=3)
+    one = run_federated(FederatedConfig(**base), PlainAggregator())
+    two = run_federated(FederatedConfig(**base, processes=2), PlainAggregator())
+    assert np.array_equal(one.final_weights, two.final_weights)

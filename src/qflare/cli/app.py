@@ -84,6 +84,9 @@ def simulate(
     batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 32,
     fedprox_mu: Annotated[float, typer.Option(help="FedProx proximal term (0: off).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for split, model, sampling.")] = 0,
+    processes: Annotated[
+        int, typer.Option(help="Worker processes for local training (results do not change).")
+    ] = 1,
     compare_plain: Annotated[
         bool, typer.Option(help="Also run plain FedAvg with the same seed.")
     ] = False,
@@ -109,6 +112,7 @@ def simulate(
             batch_size=batch_size,
             fedprox_mu=fedprox_mu,
             seed=seed,
+            processes=processes,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -40,6 +40,7 @@ from qflare.fl import (
     split_flat,
     torch_threads,
 )
+from qflare.sim.parallel import ParallelTrainer
 
 __all__ = ["FederatedConfig", "Progress", "RoundMetrics", "SimulationResult", "run_federated"]
 
@@ -67,6 +68,7 @@ class FederatedConfig:
         min_partition_size: Smallest client for Dirichlet splits.
         threads: Torch intra-op threads during the run (1 is as fast for these small
             models and robust when other processes share the cores).
+        processes: Worker processes for local training (1 trains in this process).
     """
 
     dataset: str = "digits"
@@ -86,6 +88,7 @@ class FederatedConfig:
     seed: int = 0
     min_partition_size: int = 10
     threads: int = 1
+    processes: int = 1
 
     def __post_init__(self) -> None:
         positive = {
@@ -93,6 +96,7 @@ class FederatedConfig:
             "local_epochs": self.local_epochs,
             "batch_size": self.batch_size,
             "min_fit_clients": self.min_fit_clients,
+            "processes": self.processes,
         }
         for name, value in positive.items():
             if value < 1:
@@ -260,10 +264,14 @@ def _run_round(
     global_flat: FlatVector,
     round_id: int,
     ids: list[int],
+    trainer: ParallelTrainer | None = None,
 ) -> tuple[FlatVector, RoundMetrics]:
     """Local training, aggregation, server step and evaluation for one round."""
     round_start = time.perf_counter()
-    updates, train_loss = _local_updates(fed, config, global_flat, round_id, ids)
+    if trainer is not None:
+        updates, train_loss = trainer.fit_all(global_flat, round_id, ids)
+    else:
+        updates, train_loss = _local_updates(fed, config, global_flat, round_id, ids)
     fit_done = time.perf_counter()
     aggregate = aggregator.aggregate(round_id, updates)
     aggregate_done = time.perf_counter()
@@ -311,15 +319,23 @@ def run_federated(
         sampler = np.random.default_rng([config.seed, 0x5A])
         loss, accuracy = _evaluate(fed, global_flat)
         history = [RoundMetrics(0, accuracy, loss)]
-        for round_id in range(1, config.rounds + 1):
-            ids = sample_clients(
-                config.num_clients, config.fraction_fit, sampler, min_clients=config.min_fit_clients
-            )
-            global_flat, metrics = _run_round(
-                fed, config, strategy, aggregator, global_flat, round_id, ids
-            )
-            history.append(metrics)
-            if progress is not None:
-                progress(round_id, metrics)
+        trainer = ParallelTrainer(config, config.processes) if config.processes > 1 else None
+        try:
+            for round_id in range(1, config.rounds + 1):
+                ids = sample_clients(
+                    config.num_clients,
+                    config.fraction_fit,
+                    sampler,
+                    min_clients=config.min_fit_clients,
+                )
+                global_flat, metrics = _run_round(
+                    fed, config, strategy, aggregator, global_flat, round_id, ids, trainer
+                )
+                history.append(metrics)
+                if progress is not None:
+                    progress(round_id, metrics)
+        finally:
+            if trainer is not None:
+                trainer.close()
     elapsed = time.perf_counter() - start
     return SimulationResult(config, tuple(history), global_flat, fed.sizes, elapsed)
