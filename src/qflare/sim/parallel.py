@@ -1,8 +1,9 @@
 """Local training on several cores: one worker process per core, each with its own federation.
 
 Every worker rebuilds the same seeded federation (data split, model, clients) once, then trains
-whichever clients it is handed from the global weights. Results do not depend on the number of
-processes: each fit is seeded by (seed, round, client) and starts from the given weights.
+whichever clients it is handed from the global weights. Each fit is seeded by (seed, round,
+client) and starts from the given weights, so results match a single-process run up to float32
+rounding (kernels may sum in a different order in another process).
 """
 
 from __future__ import annotations
