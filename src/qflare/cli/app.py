@@ -85,7 +85,8 @@ def simulate(
     fedprox_mu: Annotated[float, typer.Option(help="FedProx proximal term (0: off).")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed for split, model, sampling.")] = 0,
     processes: Annotated[
-        int, typer.Option(help="Worker processes for local training (same model up to float rounding).")
+        int,
+        typer.Option(help="Worker processes for local training (same model up to float rounding)."),
     ] = 1,
     compare_plain: Annotated[
         bool, typer.Option(help="Also run plain FedAvg with the same seed.")
