@@ -110,6 +110,40 @@ class SecAggServer:
         if client in self._expected and client not in self._received:
             self._exclude(client, "dropped")
 
+    # ---- crash recovery (the I/O layer persists the running sum itself) ------------------------
+
+    @property
+    def accumulator(self) -> bytes:
+        """The running sum of masked inputs, as raw bytes (safe to persist: it is masked)."""
+        return self._acc.tobytes()
+
+    def resume_masked_input(self, sender: int) -> None:
+        """Replay: mark ``sender``'s masked input as accepted without re-adding it.
+
+        Used when rebuilding a round from its event log; the sum itself comes back through
+        :meth:`load_accumulator`.
+
+        Raises:
+            LocalProtocolError: not in R2, or ``sender`` is not expected now.
+        """
+        if self.state is not State.R2_MASKED_INPUT or sender not in self.pending():
+            raise LocalProtocolError(
+                "no masked input expected from this client", state=self.state.value, client=sender
+            )
+        self._received[sender] = m.MaskedInput(
+            round_id=self.cfg.round_id, sender=sender, vector=b""
+        )
+
+    def load_accumulator(self, data: bytes) -> None:
+        """Replay: restore the persisted running sum.
+
+        Raises:
+            LocalProtocolError: wrong length.
+        """
+        if len(data) != self._nbytes:
+            raise LocalProtocolError("persisted sum has the wrong length", state=self.state.value)
+        self._acc = np.frombuffer(data, dtype=self._acc.dtype).copy()
+
     def pending(self) -> frozenset[int]:
         """Clients the current round is still waiting for."""
         return frozenset(self._expected - set(self._received))

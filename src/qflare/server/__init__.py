@@ -1,0 +1,1 @@
+"""The QFLARE server: FastAPI app factory, routes, round coordinator."""

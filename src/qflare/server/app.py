@@ -1,0 +1,100 @@
+"""The app factory: ``create_app(settings)``. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from qflare import __version__
+from qflare.crypto import Rng, SystemRng
+from qflare.ledger import Ledger
+from qflare.server.context import ServerContext
+from qflare.server.coordinator import Coordinator
+from qflare.server.errors import install_error_handlers
+from qflare.server.identity import load_or_create_identity
+from qflare.server.limits import RateLimiter
+from qflare.server.model import ModelStore
+from qflare.server.routes import enroll, info, sessions, tasks
+from qflare.server.sessions import SessionTable
+from qflare.server.settings import ServerSettings
+from qflare.store.db import make_engine, migrate, session_factory
+from qflare.store.repos import SqlLedgerStore
+
+log = logging.getLogger("qflare.server")
+TICK_S = 0.1
+
+
+def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng) -> ServerContext:
+    """Open the database (migrating it), load keys, recover any open round."""
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    factory = session_factory(engine)
+    identity = load_or_create_identity(settings.state_dir, rng)
+    ledger = Ledger(SqlLedgerStore(factory))
+    models = ModelStore(factory, settings.dataset, settings.model)
+    models.ensure_initial(clock())
+    coordinator = Coordinator(settings, factory, ledger, models, clock, rng)
+    coordinator.recover()
+    return ServerContext(
+        settings=settings,
+        factory=factory,
+        identity=identity,
+        sessions=SessionTable(settings.max_sessions),
+        coordinator=coordinator,
+        ledger=ledger,
+        models=models,
+        clock=clock,
+        rng=rng,
+        limiter=RateLimiter(max(settings.rate_per_device, settings.rate_per_ip)),
+        long_polls=asyncio.Semaphore(settings.max_long_polls),
+    )
+
+
+async def _ticker(ctx: ServerContext) -> None:
+    while True:
+        try:
+            await run_in_threadpool(ctx.coordinator.tick)
+        except Exception:  # the ticker must survive one bad tick; the error is logged
+            log.exception("coordinator tick failed")
+        await asyncio.sleep(TICK_S)
+
+
+def create_app(
+    settings: ServerSettings, *, clock: Callable[[], float] = time.time, rng: Rng | None = None
+) -> FastAPI:
+    """Build the QFLARE server application.
+
+    Args:
+        settings: Server settings (built by the CLI from the environment / config file).
+        clock: Time source (injectable for tests).
+        rng: Randomness (the OS CSPRNG by default).
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = build_context(settings, clock, rng or SystemRng())
+        app.state.ctx = ctx
+        task = asyncio.create_task(_ticker(ctx))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(
+        title="QFLARE",
+        version=__version__,
+        lifespan=lifespan,
+        summary="Secure federated learning server",
+    )
+    for router in (enroll.router, sessions.router, tasks.router, info.router):
+        app.include_router(router)
+    install_error_handlers(app)
+    return app

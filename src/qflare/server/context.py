@@ -1,0 +1,34 @@
+"""Everything a request handler needs, built once by the app factory (no module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from qflare.crypto import MlDsa65Signer, Rng
+from qflare.ledger import Ledger
+from qflare.server.coordinator import Coordinator
+from qflare.server.limits import RateLimiter
+from qflare.server.model import ModelStore
+from qflare.server.sessions import SessionTable
+from qflare.server.settings import ServerSettings
+
+
+@dataclass
+class ServerContext:
+    """Shared server state (one per app)."""
+
+    settings: ServerSettings
+    factory: sessionmaker[Session]
+    identity: MlDsa65Signer
+    sessions: SessionTable
+    coordinator: Coordinator
+    ledger: Ledger
+    models: ModelStore
+    clock: Callable[[], float]
+    rng: Rng
+    limiter: RateLimiter
+    long_polls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1000))

@@ -1,0 +1,62 @@
+"""One place that maps errors to RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from qflare.protocol.errors import ProtocolError
+
+PROBLEM = "application/problem+json"
+log = logging.getLogger("qflare.server")
+
+
+def problem(status: int, title: str, detail: str, code: str | None = None) -> JSONResponse:
+    """A problem+json response."""
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if code:
+        body["code"] = code
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+class ApiError(Exception):
+    """An HTTP error with a stable machine-readable ``code``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the problem+json handlers on ``app``."""
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return problem(exc.status, exc.code.replace("_", " "), exc.detail, exc.code)
+
+    @app.exception_handler(ProtocolError)
+    async def _protocol(_: Request, exc: ProtocolError) -> JSONResponse:
+        status = exc.http_status if 400 <= exc.http_status < 600 else 400
+        return problem(status, "protocol error", str(exc), exc.reason.value)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem(422, "invalid request", str(exc.errors())[:500], "validation_error")
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(exc.status_code, "http error", str(exc.detail), None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"error": type(exc).__name__})
+        return problem(500, "internal error", "the server failed; nothing was recorded", "internal")

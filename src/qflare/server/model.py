@@ -1,0 +1,77 @@
+"""The global model: initial weights from the FL layer, FedAvg on each round's secure sum."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy.orm import Session, sessionmaker
+
+from qflare.fl import build_model, default_model_name, get_flat
+from qflare.store import repos
+from qflare.store.models import ModelVersion
+
+_SHAPES = {"mnist": ((1, 28, 28), 10), "digits": ((1, 8, 8), 10)}
+
+
+class ModelStore:
+    """Versions of the global model, kept in the database.
+
+    Args:
+        factory: Database session factory.
+        dataset: ``mnist`` or ``digits`` (sets the input shape).
+        model: Architecture name (default for the dataset if ``None``).
+        seed: Seed of the initial weights.
+    """
+
+    def __init__(
+        self, factory: sessionmaker[Session], dataset: str, model: str | None, seed: int = 0
+    ) -> None:
+        self._factory = factory
+        if dataset not in _SHAPES:
+            raise ValueError(f"unknown dataset {dataset!r}")
+        self.input_shape, self.num_classes = _SHAPES[dataset]
+        self.model_name = model or default_model_name(self.input_shape)
+        self._seed = seed
+
+    def ensure_initial(self, now: float) -> None:
+        """Store version 0 (freshly initialised weights) if no model exists yet."""
+        with self._factory() as db, db.begin():
+            if repos.latest_model(db) is None:
+                net = build_model(
+                    self.model_name, self.input_shape, self.num_classes, seed=self._seed
+                )
+                repos.put_model(db, 0, get_flat(net).astype(np.float32).tobytes(), now, None)
+
+    def latest(self) -> tuple[int, npt.NDArray[np.float32]]:
+        """(version, weights) of the newest model."""
+        with self._factory() as db:
+            row = repos.latest_model(db)
+            if row is None:
+                raise LookupError("no model stored")
+            return row.version, np.frombuffer(row.weights, dtype=np.float32).copy()
+
+    def weights(self, version: int) -> npt.NDArray[np.float32]:
+        """Weights of ``version``."""
+        with self._factory() as db:
+            row = db.get(ModelVersion, version)
+            if row is None:
+                raise LookupError(f"model version {version} not stored")
+            return np.frombuffer(row.weights, dtype=np.float32).copy()
+
+    def apply_fedavg(
+        self,
+        db: Session,
+        weighted_sum: npt.NDArray[np.float64],
+        total_weight: int,
+        round_id: int,
+        now: float,
+    ) -> int:
+        """New version = latest + weighted mean delta (inside the caller's transaction)."""
+        row = repos.latest_model(db)
+        assert row is not None
+        current = np.frombuffer(row.weights, dtype=np.float32)
+        if total_weight <= 0:
+            return row.version
+        new = (current + weighted_sum / total_weight).astype(np.float32)
+        repos.put_model(db, row.version + 1, new.tobytes(), now, round_id)
+        return row.version + 1

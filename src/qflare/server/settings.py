@@ -1,0 +1,78 @@
+"""Server settings (``QFLARE_`` environment prefix, or a TOML/JSON config file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Everything the server reads at start-up; built once in the CLI and passed down.
+
+    Attributes:
+        database_url: SQLAlchemy URL; SQLite file by default, ``postgresql://…`` for PostgreSQL.
+        state_dir: Server key and TLS material (created 0700).
+        host: Bind address.
+        port: Bind port.
+        tls_cert: Server certificate (PEM); required unless ``insecure``.
+        tls_key: Server private key (PEM).
+        insecure: Serve plain HTTP (loudly warned; for tests on loopback only).
+        dev: Development mode (allows default secrets).
+        signature_scheme: Identity scheme of the server and devices.
+        model: Model architecture of the federation.
+        dataset: Dataset the model is shaped for (``mnist`` or ``digits``).
+        min_clients: Devices needed to open a round.
+        max_clients: Devices sampled per round.
+        k: SecAgg+ shares per client (``None``: parameter finder).
+        t: Shamir threshold (``None``: parameter finder).
+        dropout_estimate: Dropout fraction the finder plans for.
+        step_timeout_s: Deadline per protocol step; silent devices become dropouts.
+        round_interval_s: Pause between rounds.
+        max_rounds: Stop opening rounds after this many (0: no limit).
+        clip: Quantisation clipping range.
+        max_total_weight: Bound on summed example counts per round.
+        session_lifetime_s: Lifetime of a session.
+        max_sessions: Sessions kept in memory.
+        long_poll_max_s: Longest wait of ``GET /v1/tasks``.
+        max_long_polls: Concurrent long-polls allowed.
+        rate_per_device: Requests per second per device (token bucket).
+        rate_per_ip: Requests per second per client IP (token bucket).
+        body_limit_enroll: Bytes allowed in an enrollment body.
+        body_limit_session: Bytes allowed in a handshake body.
+        body_limit_results: Bytes allowed in a result body.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="QFLARE_", extra="ignore")
+
+    database_url: str = "sqlite:///qflare-server.db"
+    state_dir: Path = Path("qflare-server")
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+    dev: bool = False
+    signature_scheme: str = "mldsa65"
+    model: str | None = None
+    dataset: str = "mnist"
+    min_clients: int = Field(default=3, ge=1)
+    max_clients: int = Field(default=100, ge=1)
+    k: int | None = None
+    t: int | None = None
+    dropout_estimate: float = 0.1
+    step_timeout_s: float = Field(default=30.0, gt=0)
+    round_interval_s: float = Field(default=1.0, ge=0)
+    max_rounds: int = Field(default=0, ge=0)
+    clip: float = 1.0
+    max_total_weight: int = 100_000
+    session_lifetime_s: float = 3600.0
+    max_sessions: int = 10_000
+    long_poll_max_s: float = 20.0
+    max_long_polls: int = 1_000
+    rate_per_device: float = 50.0
+    rate_per_ip: float = 500.0
+    body_limit_enroll: int = 16_384
+    body_limit_session: int = 16_384
+    body_limit_results: int = 64 * 1024 * 1024
