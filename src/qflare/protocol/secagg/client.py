@@ -83,7 +83,7 @@ class SecAggClient:
         self._send_keys: dict[int, SecretBytes] = {}
         self._recv_keys: dict[int, SecretBytes] = {}
         self._pair_seeds: dict[int, SecretBytes] = {}
-        self._peers: dict[int, m.AdvertiseKeys] = {}
+        self._peers: frozenset[int] = frozenset()  # neighbours (and self) that advertised keys
         self._holders: set[int] = set()  # U2 ∩ N[u]: owners of the shares we hold (and self)
         self._b_shares: dict[int, bytes] = {}
         self._sk_shares: dict[int, bytes] = {}
@@ -177,7 +177,7 @@ class SecAggClient:
             self._abort("duplicate public keys in the directory", AbortReason.INCONSISTENT_VIEW)
         for entry in msg.entries:
             self._verify_advertisement(entry)
-        self._peers = peers
+        self._peers = frozenset(peers)  # keys are used now; signatures are not kept
         self._derive_pairwise(peers)
         return self._share_secrets(sorted(peers))
 
