@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from qflare.bench.report import render
 from qflare.bench.secagg import SecAggBenchConfig, run_secagg_bench
 from qflare.cli.attack import run_dlg
 from qflare.cli.demo import run_demo
@@ -243,6 +244,16 @@ def bench_secagg(
     if output is not None:
         output.write_text(text)
     typer.echo(text)
+
+
+@bench_app.command("report")
+def bench_report(
+    bench_dir: Annotated[Path, typer.Option(help="Folder of benchmark JSON files.")] = Path(
+        "docs/bench"
+    ),
+) -> None:
+    """Print the markdown table of measured figures against the targets."""
+    typer.echo(render(bench_dir))
 
 
 def main() -> None:
