@@ -100,7 +100,7 @@ def add_device(
     db: Session, *, device_id: str, identity_pk: bytes, kem_pk: bytes, scheme: str, now: float
 ) -> Device:
     """Register a device; its client index is the next free integer."""
-    index = (db.scalar(select(func.max(Device.client_index))) or -1) + 1
+    index = int(db.scalar(select(func.coalesce(func.max(Device.client_index), -1))) or 0) + 1
     row = Device(
         id=device_id,
         client_index=index,
@@ -197,7 +197,7 @@ def rounds(db: Session, limit: int = 100) -> Sequence[Round]:
 
 def next_round_id(db: Session) -> int:
     """Round ids are never reused: one more than the largest ever stored."""
-    return (db.scalar(select(func.max(Round.id))) or 0) + 1
+    return int(db.scalar(select(func.coalesce(func.max(Round.id), 0))) or 0) + 1
 
 
 def latest_model(db: Session) -> ModelVersion | None:

@@ -1,0 +1,195 @@
+"""The coordinator driven directly: a full round, and a crash at every step resumed from the DB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qflare.crypto import DeterministicRng, Ed25519Signer, SecretBytes
+from qflare.ledger import Ledger
+from qflare.protocol import messages as m
+from qflare.protocol.quantize import QuantConfig, dequantize, quantize
+from qflare.protocol.secagg import RoundRegistry, SecAggClient, State
+from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+from qflare.server.coordinator import Coordinator
+from qflare.server.model import ModelStore
+from qflare.server.settings import ServerSettings
+from qflare.store import repos
+from qflare.store.db import make_engine, migrate, session_factory
+from qflare.store.repos import SqlLedgerStore
+
+N = 4
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _server(url: str, tmp_path, clock: Clock) -> Coordinator:
+    settings = ServerSettings(
+        database_url=url,
+        state_dir=tmp_path,
+        dataset="digits",
+        min_clients=N,
+        signature_scheme="ed25519",
+        step_timeout_s=10,
+        round_interval_s=0,
+        k=N,
+        t=3,
+        max_rounds=1,
+    )
+    engine = make_engine(url)
+    migrate(engine)
+    factory = session_factory(engine)
+    models = ModelStore(factory, "digits", None)
+    models.ensure_initial(clock())
+    coord = Coordinator(
+        settings, factory, Ledger(SqlLedgerStore(factory)), models, clock, DeterministicRng(5)
+    )
+    coord.recover()
+    return coord
+
+
+class Node:
+    """A minimal in-test device: trains a fixed delta, runs its SecAggClient."""
+
+    def __init__(self, index: int, device_id: str) -> None:
+        self.device_id, self.index = device_id, index
+        self.signer = Ed25519Signer(SecretBytes(bytes([index + 1]) * 32))
+        self.client: SecAggClient | None = None
+        self.quant: QuantConfig | None = None
+        self.delta: np.ndarray | None = None
+
+    def step(self, task: Task) -> SignedResult:
+        if task.start is not None:
+            s = task.start
+            self.quant = QuantConfig(s.clip, 32, s.max_total_weight)
+            self.delta = (
+                np.random.default_rng(self.index)
+                .normal(0, 0.01, s.config.dim - 1)
+                .astype(np.float32)
+            )
+            self.client = SecAggClient(
+                s.config,
+                self.index,
+                self.signer,
+                s.identities,
+                DeterministicRng(100 + self.index),
+                RoundRegistry(),
+            )
+            msg: m.ClientMessage = self.client.start()
+        else:
+            assert self.client is not None and task.message is not None and self.quant is not None
+            server_msg = m.decode_server(task.message)
+            if isinstance(server_msg, m.ShareRelay):
+                self.client.set_input(
+                    quantize(self.delta, 10, self.quant, DeterministicRng(7 + self.index))
+                )
+            msg = self.client.receive(server_msg)
+        data = m.encode(msg)
+        sig = self.signer.sign(
+            result_transcript(self.device_id, task.round_id, task.step, data),
+            context=UPDATE_CONTEXT,
+        )
+        return SignedResult(
+            device_id=self.device_id,
+            round_id=task.round_id,
+            step=task.step,
+            message=data,
+            signature=sig,
+        )
+
+
+def _enroll(coord: Coordinator) -> list[Node]:
+    nodes = []
+    with coord._factory() as db, db.begin():
+        for i in range(N):
+            node = Node(i, f"dev{i}")
+            repos.add_device(
+                db,
+                device_id=node.device_id,
+                identity_pk=node.signer.public_key,
+                kem_pk=b"k",
+                scheme="ed25519",
+                now=0,
+            )
+            nodes.append(node)
+    for node in nodes:
+        coord.seen(node.device_id, coord._clock())
+    return nodes
+
+
+def _drive(
+    coord: Coordinator, nodes: list[Node], clock: Clock, crash_after: int | None, url: str, tmp_path
+) -> tuple[Coordinator, bytes]:
+    coord.tick()
+    assert coord.live is not None
+    round_id = coord.live.round_id
+    submitted = 0
+    while coord.live is not None:
+        for node in nodes:
+            task = coord.task_for(node.device_id)
+            if task is None:
+                continue
+            coord.submit(node.device_id, node.step(task), node.signer.public_key)
+            submitted += 1
+            if crash_after is not None and submitted == crash_after:
+                coord = _server(url, tmp_path, clock)  # the old object is dropped: a "crash"
+                assert coord.live is not None and coord.live.round_id == round_id
+        clock.now += 0.1
+        coord.tick()
+    with coord._factory() as db:
+        row = db.get(repos.Round, round_id)  # type: ignore[attr-defined]
+        assert row is not None and row.state == State.COMPLETED.value and row.result is not None
+        return coord, row.result
+
+
+@pytest.mark.parametrize("crash_after", [None, 1, 4, 5, 9, 11, 14, 16, 19])
+def test_round_completes_identically_after_a_crash(tmp_path, crash_after):
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    clock = Clock()
+    coord = _server(url, tmp_path, clock)
+    nodes = _enroll(coord)
+    coord, result = _drive(coord, nodes, clock, crash_after, url, tmp_path)
+    total, weight = dequantize(np.frombuffer(result, dtype=np.uint32).copy(), coord.quant)
+    expected = sum(10 * n.delta.astype(np.float64) for n in nodes)
+    assert weight == 10 * N
+    assert np.max(np.abs(total - expected)) <= weight / coord.quant.scale
+    version, weights = coord._models.latest()
+    assert version == 1
+    # Identical to a crash-free run: the ring sum only depends on the quantised inputs.
+    ref_path = tmp_path / "ref"
+    ref_path.mkdir()
+    ref_clock = Clock()
+    ref = _server(f"sqlite:///{ref_path}/db.sqlite", ref_path, ref_clock)
+    _, ref_result = _drive(ref, _enroll(ref), ref_clock, None, "", ref_path)
+    assert ref_result == result
+
+
+def test_silent_device_becomes_dropout_after_deadline(tmp_path):
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    clock = Clock()
+    coord = _server(url, tmp_path, clock)
+    nodes = _enroll(coord)
+    coord.tick()
+    silent = nodes[3]
+    while coord.live is not None:
+        worked = False
+        for node in nodes[:3]:
+            task = coord.task_for(node.device_id)
+            if task is not None:
+                coord.submit(node.device_id, node.step(task), node.signer.public_key)
+                worked = True
+        clock.now += 0.1 if worked else 11  # only the silent device is late: pass its deadline
+        coord.tick()
+    with coord._factory() as db:
+        row = repos.rounds(db)[0]
+    assert row.state == State.COMPLETED.value
+    total, weight = dequantize(np.frombuffer(row.result, dtype=np.uint32).copy(), coord.quant)
+    assert weight == 30
+    expected = sum(10 * n.delta.astype(np.float64) for n in nodes[:3])
+    assert np.max(np.abs(total - expected)) <= weight / coord.quant.scale
