@@ -7,13 +7,13 @@ import pytest
 
 from qflare.crypto import DeterministicRng, Ed25519Signer, SecretBytes
 from qflare.ledger import Ledger
-from qflare.protocol import messages as m
-from qflare.protocol.quantize import QuantConfig, dequantize, quantize
-from qflare.protocol.secagg import RoundRegistry, SecAggClient, State
-from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+from qflare.protocol.quantize import dequantize
+from qflare.protocol.secagg import State
+from qflare.protocol.wire import SignedResult, Task
 from qflare.server.coordinator import Coordinator
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
+from qflare.sim.device import SimDevice
 from qflare.store import repos
 from qflare.store.db import make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
@@ -54,54 +54,23 @@ def _server(url: str, tmp_path, clock: Clock) -> Coordinator:
     return coord
 
 
-class Node:
-    """A minimal in-test device: trains a fixed delta, runs its SecAggClient."""
+class Node(SimDevice):
+    """A device whose update is a fixed pseudo-random delta with weight 10."""
 
     def __init__(self, index: int, device_id: str) -> None:
-        self.device_id, self.index = device_id, index
-        self.signer = Ed25519Signer(SecretBytes(bytes([index + 1]) * 32))
-        self.client: SecAggClient | None = None
-        self.quant: QuantConfig | None = None
+        self.index = index
         self.delta: np.ndarray | None = None
+        signer = Ed25519Signer(SecretBytes(bytes([index + 1]) * 32))
+        super().__init__(device_id, signer, self._train, DeterministicRng(100 + index))
+
+    def _train(self, weights: np.ndarray, round_id: int) -> tuple[np.ndarray, int]:
+        self.delta = (
+            np.random.default_rng(self.index).normal(0, 0.01, weights.size).astype(np.float32)
+        )
+        return self.delta, 10
 
     def step(self, task: Task) -> SignedResult:
-        if task.start is not None:
-            s = task.start
-            self.quant = QuantConfig(s.clip, 32, s.max_total_weight)
-            self.delta = (
-                np.random.default_rng(self.index)
-                .normal(0, 0.01, s.config.dim - 1)
-                .astype(np.float32)
-            )
-            self.client = SecAggClient(
-                s.config,
-                self.index,
-                self.signer,
-                s.identities,
-                DeterministicRng(100 + self.index),
-                RoundRegistry(),
-            )
-            msg: m.ClientMessage = self.client.start()
-        else:
-            assert self.client is not None and task.message is not None and self.quant is not None
-            server_msg = m.decode_server(task.message)
-            if isinstance(server_msg, m.ShareRelay):
-                self.client.set_input(
-                    quantize(self.delta, 10, self.quant, DeterministicRng(7 + self.index))
-                )
-            msg = self.client.receive(server_msg)
-        data = m.encode(msg)
-        sig = self.signer.sign(
-            result_transcript(self.device_id, task.round_id, task.step, data),
-            context=UPDATE_CONTEXT,
-        )
-        return SignedResult(
-            device_id=self.device_id,
-            round_id=task.round_id,
-            step=task.step,
-            message=data,
-            signature=sig,
-        )
+        return self.handle(task)
 
 
 def _enroll(coord: Coordinator) -> list[Node]:

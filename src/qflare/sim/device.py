@@ -1,0 +1,77 @@
+"""A simulated edge device for in-process drivers (tests, benchmarks): protocol logic only.
+
+It answers the server's tasks exactly as ``qflare node`` does — train (here: a given update
+function), quantise, run its :class:`SecAggClient`, sign the result — without any transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from qflare.crypto import RingVector, Rng, Signer
+from qflare.protocol import messages as m
+from qflare.protocol.quantize import QuantConfig, quantize
+from qflare.protocol.secagg import RoundRegistry, SecAggClient
+from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+
+UpdateFn = Callable[[npt.NDArray[np.float32], int], tuple[npt.NDArray[np.float32], int]]
+"""(global weights, round id) -> (delta, weight)."""
+
+
+class SimDevice:
+    """One device's protocol side.
+
+    Args:
+        device_id: Id from enrollment.
+        signer: Identity key.
+        update: Local training stand-in.
+        rng: Randomness for keys, masks and rounding.
+    """
+
+    def __init__(self, device_id: str, signer: Signer, update: UpdateFn, rng: Rng) -> None:
+        self.device_id, self.signer, self._update, self._rng = device_id, signer, update, rng
+        self.registry = RoundRegistry()
+        self.client: SecAggClient | None = None
+        self._input: RingVector | None = None
+
+    def _start(self, task: Task) -> m.ClientMessage:
+        assert task.start is not None
+        s = task.start
+        weights = np.frombuffer(s.weights, dtype=np.float32)
+        delta, weight = self._update(weights, task.round_id)
+        self._input = quantize(
+            delta, weight, QuantConfig(s.clip, 32, s.max_total_weight), self._rng
+        )
+        self.client = SecAggClient(
+            s.config, s.client_index, self.signer, s.identities, self._rng, self.registry
+        )
+        return self.client.start()
+
+    def handle(self, task: Task) -> SignedResult:
+        """Answer one task with a signed result.
+
+        Raises:
+            ProtocolError: the client machine rejected the server's message.
+        """
+        if task.start is not None:
+            msg = self._start(task)
+        else:
+            assert self.client is not None and task.message is not None
+            server_msg = m.decode_server(task.message)
+            if isinstance(server_msg, m.ShareRelay) and self._input is not None:
+                self.client.set_input(self._input)
+                self._input = None
+            msg = self.client.receive(server_msg)
+        data = m.encode(msg)
+        transcript = result_transcript(self.device_id, task.round_id, task.step, data)
+        sig = self.signer.sign(transcript, context=UPDATE_CONTEXT)
+        return SignedResult(
+            device_id=self.device_id,
+            round_id=task.round_id,
+            step=task.step,
+            message=data,
+            signature=sig,
+        )
