@@ -98,3 +98,8 @@ def create_app(
         app.include_router(router)
     install_error_handlers(app)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory``: settings from ``QFLARE_*`` environment variables."""
+    return create_app(ServerSettings())

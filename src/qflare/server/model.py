@@ -19,7 +19,8 @@ class ModelStore:
     Args:
         factory: Database session factory.
         dataset: ``mnist`` or ``digits`` (sets the input shape).
-        model: Architecture name (default for the dataset if ``None``).
+        model: Architecture name (default for the dataset if ``None``), or ``vector:D`` for a
+            plain D-dimensional vector federation (no model; nodes send any NumPy update).
         seed: Seed of the initial weights.
     """
 
@@ -32,15 +33,21 @@ class ModelStore:
         self.input_shape, self.num_classes = _SHAPES[dataset]
         self.model_name = model or default_model_name(self.input_shape)
         self._seed = seed
+        self._vector_dim = (
+            int(model.split(":", 1)[1]) if model and model.startswith("vector:") else None
+        )
 
     def ensure_initial(self, now: float) -> None:
         """Store version 0 (freshly initialised weights) if no model exists yet."""
         with self._factory() as db, db.begin():
             if repos.latest_model(db) is None:
-                net = build_model(
-                    self.model_name, self.input_shape, self.num_classes, seed=self._seed
-                )
-                repos.put_model(db, 0, get_flat(net).astype(np.float32).tobytes(), now, None)
+                repos.put_model(db, 0, self._initial().tobytes(), now, None)
+
+    def _initial(self) -> npt.NDArray[np.float32]:
+        if self._vector_dim is not None:  # a raw-vector federation (NumPy in, NumPy out)
+            return np.zeros(self._vector_dim, dtype=np.float32)
+        net = build_model(self.model_name, self.input_shape, self.num_classes, seed=self._seed)
+        return get_flat(net).astype(np.float32)
 
     def latest(self) -> tuple[int, npt.NDArray[np.float32]]:
         """(version, weights) of the newest model."""

@@ -1,0 +1,227 @@
+"""Many concurrent simulated nodes against a real server process over loopback HTTP.
+
+The server runs as its own process (``uvicorn --factory qflare.server.app:app_from_env``); the
+nodes are asyncio tasks in this process, each with its own keys, session and
+:class:`~qflare.sim.device.SimDevice`. Counts every non-2xx answer and exception as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from qflare.crypto import HybridKem, MlDsa65Signer, SystemRng
+from qflare.protocol import messages as m
+from qflare.protocol.session import C2S, S2C, SecureChannel, ServerHello, SessionInitiator
+from qflare.protocol.wire import EnrollRequest, EnrollResponse, SealedFrame, Task
+from qflare.sim.device import SimDevice
+from qflare.store import repos
+from qflare.store.db import make_engine, migrate, session_factory
+
+MSGPACK = {"content-type": "application/msgpack"}
+
+
+@dataclass
+class Tally:
+    """Outcome counters shared by all simulated nodes."""
+
+    errors: list[str] = field(default_factory=list)
+    finished: int = 0
+    requests: int = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tokens(url: str, count: int) -> list[str]:
+    engine = make_engine(url)
+    migrate(engine)
+    factory = session_factory(engine)
+    out = []
+    with factory() as db, db.begin():
+        for i in range(count):
+            token = repos.new_token_text(os.urandom(32))
+            repos.create_token(
+                db, token_id=f"bench{i}", token=token, label="bench", now=time.time(), ttl_s=3600
+            )
+            out.append(token)
+    return out
+
+
+async def _post(http: httpx.AsyncClient, tally: Tally, path: str, body: bytes) -> httpx.Response:
+    tally.requests += 1
+    r = await http.post(path, content=body, headers=MSGPACK)
+    if r.status_code >= 300:
+        raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:200]}")
+    return r
+
+
+async def _session(
+    http: httpx.AsyncClient, tally: Tally, device_id: str, signer: MlDsa65Signer, server_pk: bytes
+) -> SecureChannel:
+    init = SessionInitiator(device_id, signer, server_pk, SystemRng())
+    r = await _post(
+        http, tally, "/v1/sessions", msgspec.msgpack.encode(init.hello(now=time.time()))
+    )
+    finished, channel = init.finish(
+        msgspec.msgpack.decode(r.content, type=ServerHello), now=time.time()
+    )
+    await _post(
+        http, tally, f"/v1/sessions/{channel.session_id}/confirm", msgspec.msgpack.encode(finished)
+    )
+    return channel
+
+
+async def _poll(http: httpx.AsyncClient, tally: Tally, channel: SecureChannel) -> Task | None:
+    seq, tag = channel.seal(b"", now=time.time(), direction=C2S)
+    headers = {
+        "x-qflare-session": channel.session_id,
+        "x-qflare-seq": str(seq),
+        "x-qflare-auth": base64.b64encode(tag).decode(),
+    }
+    tally.requests += 1
+    r = await http.get("/v1/tasks", params={"wait": 10}, headers=headers)
+    if r.status_code == 204:
+        return None
+    if r.status_code != 200:
+        raise RuntimeError(f"GET /v1/tasks: {r.status_code} {r.text[:200]}")
+    frame = msgspec.msgpack.decode(r.content, type=SealedFrame)
+    return msgspec.msgpack.decode(
+        channel.open(frame.seq, frame.ciphertext, now=time.time(), direction=S2C), type=Task
+    )
+
+
+def _update(weights: npt.NDArray[np.float32], round_id: int) -> tuple[npt.NDArray[np.float32], int]:
+    return np.full(weights.size, 0.001, dtype=np.float32), 1
+
+
+async def _node(base: str, token: str, tally: Tally, deadline: float) -> None:
+    signer, kem = MlDsa65Signer.generate(SystemRng()), HybridKem.generate(SystemRng())
+    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        req = EnrollRequest(token=token, identity_pk=signer.public_key, kem_pk=kem.public_key)
+        r = await _post(http, tally, "/v1/enroll", msgspec.msgpack.encode(req))
+        enrolled = msgspec.msgpack.decode(r.content, type=EnrollResponse)
+        channel = await _session(
+            http, tally, enrolled.device_id, signer, enrolled.server_public_key
+        )
+        device = SimDevice(enrolled.device_id, signer, _update, SystemRng())
+        while time.time() < deadline:
+            task = await _poll(http, tally, channel)
+            if task is None:
+                continue
+            result = device.handle(task)
+            seq, ct = channel.seal(msgspec.msgpack.encode(result), now=time.time(), direction=C2S)
+            await _post(
+                http,
+                tally,
+                "/v1/results",
+                msgspec.msgpack.encode(
+                    SealedFrame(session_id=channel.session_id, seq=seq, ciphertext=ct)
+                ),
+            )
+            if task.message is not None and isinstance(
+                m.decode_server(task.message), m.UnmaskRequest
+            ):
+                tally.finished += 1
+                return
+
+
+async def _run_nodes(base: str, tokens: list[str], tally: Tally, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+
+    async def guarded(token: str) -> None:
+        try:
+            await _node(base, token, tally, deadline)
+        except Exception as exc:  # every failure is counted, none is hidden
+            tally.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+
+    await asyncio.gather(*(guarded(t) for t in tokens))
+
+
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    end = time.time() + timeout_s
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise RuntimeError("server process exited during start-up")
+        try:
+            if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError("server did not become ready")
+
+
+def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600) -> dict[str, Any]:
+    """Run ``nodes`` async nodes through one SecAgg+ round against a server subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{tmp}/server.sqlite"
+        tokens = _tokens(url, nodes)
+        port = _free_port()
+        env = {
+            **os.environ,
+            "QFLARE_DATABASE_URL": url,
+            "QFLARE_STATE_DIR": str(Path(tmp) / "state"),
+            "QFLARE_INSECURE": "true",
+            "QFLARE_MODEL": f"vector:{dim}",
+            "QFLARE_MIN_CLIENTS": str(nodes),
+            "QFLARE_MAX_CLIENTS": str(nodes),
+            "QFLARE_MAX_ROUNDS": "1",
+            "QFLARE_STEP_TIMEOUT_S": "300",
+            "QFLARE_RATE_PER_IP": "100000",
+            "QFLARE_MAX_LONG_POLLS": str(nodes + 10),
+            "QFLARE_LONG_POLL_MAX_S": "10",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "qflare.server.app:app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--limit-concurrency",
+            str(4 * nodes),
+        ]
+        proc = subprocess.Popen(cmd, env=env)  # noqa: S603 - our own interpreter and module
+        base = f"http://127.0.0.1:{port}"
+        tally = Tally()
+        try:
+            _wait_ready(base, proc)
+            t0 = time.perf_counter()
+            asyncio.run(_run_nodes(base, tokens, tally, timeout_s))
+            elapsed = time.perf_counter() - t0
+            rounds = httpx.get(f"{base}/v1/rounds", timeout=10).json()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {
+        "nodes": nodes,
+        "dim": dim,
+        "seconds": elapsed,
+        "finished": tally.finished,
+        "errors": len(tally.errors),
+        "error_samples": tally.errors[:5],
+        "requests": tally.requests,
+        "rounds": rounds,
+    }
