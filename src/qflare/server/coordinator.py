@@ -60,6 +60,7 @@ class Coordinator:
         self._live: LiveRound | None = None
         self._seen: dict[str, float] = {}
         self._last_close = 0.0
+        self.generation = 0  # bumped whenever tasks change (open, advance, close): cheap to watch
         self._scheme = SignatureScheme(settings.signature_scheme)
         self.quant = QuantConfig(settings.clip, 32, settings.max_total_weight)
 
@@ -196,6 +197,7 @@ class Coordinator:
         live.step += 1
         live.outbox = {i: m.encode(msg) for i, msg in out.items()}
         live.deadline = now + self.settings.step_timeout_s
+        self.generation += 1
         if live.machine.state is State.COMPLETED:
             self._close(live, now, abort=None)
 
@@ -238,6 +240,7 @@ class Coordinator:
                     deadline_at=now + self.settings.step_timeout_s,
                 )
             )
+        self.generation += 1
         self._live = self._build_live(
             cfg,
             {d.client_index: d.id for d in devices},
@@ -303,6 +306,7 @@ class Coordinator:
                 total, weight = dequantize(result, self.quant)
                 version = self._models.apply_fedavg(db, total, weight, live.round_id, now)
         self._last_close = now
+        self.generation += 1
         payload: dict[str, str | int | float | bool | None] = {
             "round": live.round_id,
             "state": live.machine.state.value,

@@ -24,6 +24,7 @@ class LiveRound:
         deadline: When silent clients of this step become dropouts.
         outbox: Client index -> encoded server message for the current step.
         seq: Next event-log sequence number.
+        index_of: Device id -> client index.
     """
 
     round_id: int
@@ -36,11 +37,10 @@ class LiveRound:
     deadline: float = 0.0
     outbox: dict[int, bytes] = field(default_factory=dict)
     seq: int = 0
+    index_of: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def index_of(self) -> dict[str, int]:
-        """Device id -> client index."""
-        return {d: i for i, d in self.devices.items()}
+    def __post_init__(self) -> None:
+        self.index_of = {d: i for i, d in self.devices.items()}
 
     def task_for(self, index: int) -> Task | None:
         """The task ``index`` should work on now, if the machine still waits for it."""

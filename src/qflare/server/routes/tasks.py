@@ -71,15 +71,17 @@ async def get_task(
         raise ApiError(503, "too_many_polls", "too many concurrent long-polls; retry later")
     async with ctx.long_polls:
         deadline = now + min(wait, ctx.settings.long_poll_max_s)
+        seen_generation = -1
         while True:
-            task = ctx.coordinator.task_for(live.device_id)
-            if task is not None:
-                seq, ct = live.channel.seal(
-                    msgspec.msgpack.encode(task), now=ctx.clock(), direction=S2C
-                )
-                return msgpack_response(
-                    SealedFrame(session_id=live.channel.session_id, seq=seq, ciphertext=ct)
-                )
+            generation = ctx.coordinator.generation
+            if generation != seen_generation:  # tasks only change when the generation does
+                seen_generation = generation
+                task = ctx.coordinator.task_for(live.device_id)
+                if task is not None:
+                    body = msgspec.msgpack.encode(task)
+                    seq, ct = live.channel.seal(body, now=ctx.clock(), direction=S2C)
+                    frame = SealedFrame(session_id=live.channel.session_id, seq=seq, ciphertext=ct)
+                    return msgpack_response(frame)
             if ctx.clock() >= deadline:
                 return Response(status_code=204)
             await asyncio.sleep(_POLL_STEP_S)

@@ -1,0 +1,221 @@
+"""Serving over TLS: the certificate directory, the start-up policy, and the uvicorn server.
+
+``qflare certs init`` writes a private CA and a server certificate with :func:`init_tls_dir`;
+``qflare server`` checks its settings with :func:`check_startup` (TLS unless ``--insecure``,
+no plain HTTP off loopback, no dev-only settings outside dev mode) and runs :func:`serve`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from qflare.crypto import KeyFormatError, SignatureScheme
+from qflare.crypto.x509 import (
+    CA_VALID_DAYS,
+    SERVER_VALID_DAYS,
+    CertSummary,
+    TlsCredential,
+    describe_certificate,
+    issue_server_cert,
+    make_ca,
+)
+from qflare.server.app import create_app
+from qflare.server.settings import ServerSettings
+
+MIN_SECURE_CLIENTS = 3  # with two clients, each learns the other's update from the sum
+EXPIRY_WARNING = dt.timedelta(days=30)
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2 suites; TLS 1.3 ones are all AEAD
+CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "server.pem", "server.key"
+
+
+class StartupRefused(Exception):  # noqa: N818 - reads as a sentence: "startup refused"
+    """The settings are unsafe for this mode; ``reasons`` says why and how to fix it.
+
+    Args:
+        reasons: One line per problem.
+    """
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = list(reasons)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The files of a TLS directory.
+
+    Attributes:
+        ca: CA certificate (public; nodes pin it).
+        cert: Server certificate (public).
+        key: Server private key (0600).
+    """
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> TlsFiles:
+        """The standard file names inside ``directory``."""
+        return cls(directory / CA_FILE, directory / CERT_FILE, directory / KEY_FILE)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` with ``mode`` atomically (temp file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def init_tls_dir(
+    directory: Path,
+    hosts: Sequence[str],
+    *,
+    force: bool = False,
+    ca_days: int = CA_VALID_DAYS,
+    server_days: int = SERVER_VALID_DAYS,
+) -> TlsFiles:
+    """Create a private CA and a server certificate for ``hosts`` in ``directory``.
+
+    The CA key signs the server certificate and is then discarded: nobody can issue another
+    certificate that the nodes would trust. Rotating means running this again (``force``) and
+    giving the nodes the new ``ca.pem``.
+
+    Args:
+        directory: Target directory (created 0700).
+        hosts: DNS names and IP addresses for the server certificate.
+        force: Replace existing files.
+        ca_days: CA validity in days.
+        server_days: Server certificate validity in days.
+
+    Raises:
+        FileExistsError: a file exists and ``force`` is false.
+        ValueError: an invalid host or validity.
+    """
+    files = TlsFiles.in_dir(directory)
+    existing = [str(p) for p in (files.ca, files.cert, files.key) if p.exists()]
+    if existing and not force:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (use --force)")
+    ca = make_ca(valid_days=ca_days)
+    server: TlsCredential = issue_server_cert(ca, hosts, valid_days=server_days)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_file(files.key, server.key_pem.reveal(), 0o600)
+    _write_file(files.cert, server.cert_pem, 0o644)
+    _write_file(files.ca, ca.cert_pem, 0o644)
+    return files
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_problems(cert: Path, key: Path, now: dt.datetime) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about a certificate and key file pair."""
+    for path in (cert, key):
+        if not path.is_file():
+            return [f"{path} does not exist (make it with `qflare certs init`)"], []
+    if key.stat().st_mode & 0o077:
+        return [f"{key} must not be readable by group or others (chmod 600 {key})"], []
+    try:
+        summary: CertSummary = describe_certificate(cert.read_bytes())
+    except KeyFormatError:
+        return [f"{cert} is not a PEM certificate"], []
+    if summary.not_after <= now:
+        return [f"{cert} expired on {summary.not_after:%Y-%m-%d}"], []
+    if summary.not_after - now < EXPIRY_WARNING:
+        return [], [f"{cert} expires on {summary.not_after:%Y-%m-%d}"]
+    return [], []
+
+
+def check_startup(settings: ServerSettings, now: dt.datetime | None = None) -> list[str]:
+    """Refuse unsafe settings; return warnings about tolerated ones.
+
+    Refused: no TLS certificate and key without ``insecure``; unreadable, world-readable or
+    expired TLS files; plain HTTP on a non-loopback address or fewer than
+    :data:`MIN_SECURE_CLIENTS` clients per round, unless ``dev``.
+
+    Raises:
+        StartupRefused: with every reason found.
+    """
+    errors: list[str] = []
+    warnings: list[str] = []
+    if settings.insecure:
+        if settings.tls_cert or settings.tls_key:
+            warnings.append("--insecure given: the TLS certificate and key are ignored")
+        if not is_loopback(settings.host) and not settings.dev:
+            errors.append(
+                f"plain HTTP on {settings.host} would expose the federation; "
+                "bind to 127.0.0.1 or serve TLS (--dev overrides)"
+            )
+    elif settings.tls_cert is None or settings.tls_key is None:
+        errors.append(
+            "TLS is required: pass --tls-cert and --tls-key (make them with `qflare certs init`), "
+            "or --insecure for loopback tests"
+        )
+    else:
+        errs, warns = _tls_problems(
+            settings.tls_cert, settings.tls_key, now or dt.datetime.now(dt.UTC)
+        )
+        errors += errs
+        warnings += warns
+    if settings.min_clients < MIN_SECURE_CLIENTS and not settings.dev:
+        errors.append(
+            f"min_clients={settings.min_clients} lets a client learn another's update "
+            f"from the sum; use at least {MIN_SECURE_CLIENTS} (--dev overrides)"
+        )
+    if settings.signature_scheme == SignatureScheme.ED25519:
+        warnings.append("ed25519 identities are not post-quantum; prefer mldsa65 or hybrid")
+    if errors:
+        raise StartupRefused(errors)
+    return warnings
+
+
+def uvicorn_config(
+    app: FastAPI, settings: ServerSettings, log_level: str = "info"
+) -> uvicorn.Config:
+    """A loaded single-worker uvicorn config: TLS 1.2+ with AEAD suites unless ``insecure``."""
+    tls = not settings.insecure and settings.tls_cert is not None
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        ssl_certfile=settings.tls_cert if tls else None,
+        ssl_keyfile=settings.tls_key if tls else None,
+        ssl_ciphers=TLS_CIPHERS,
+        proxy_headers=False,  # per-IP limits must see the real peer, not a claimed one
+        server_header=False,
+        log_level=log_level,
+    )
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    return config
+
+
+def serve(settings: ServerSettings, log_level: str = "info") -> None:
+    """Run the server until interrupted (call :func:`check_startup` first)."""
+    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
