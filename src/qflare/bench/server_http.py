@@ -42,6 +42,7 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     finished: int = 0
     requests: int = 0
+    retries: int = 0
 
 
 def _free_port() -> int:
@@ -97,7 +98,11 @@ async def _poll(http: httpx.AsyncClient, tally: Tally, channel: SecureChannel) -
         "x-qflare-auth": base64.b64encode(tag).decode(),
     }
     tally.requests += 1
-    r = await http.get("/v1/tasks", params={"wait": 10}, headers=headers)
+    try:
+        r = await http.get("/v1/tasks", params={"wait": 10}, headers=headers)
+    except httpx.TransportError:  # a dropped keep-alive connection: polling again is safe
+        tally.retries += 1
+        return None
     if r.status_code == 204:
         return None
     if r.status_code != 200:
@@ -200,6 +205,8 @@ def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600
             str(port),
             "--log-level",
             "warning",
+            "--timeout-keep-alive",
+            "300",
             "--limit-concurrency",
             str(4 * nodes),
         ]
@@ -223,5 +230,6 @@ def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600
         "errors": len(tally.errors),
         "error_samples": tally.errors[:5],
         "requests": tally.requests,
+        "poll_retries": tally.retries,
         "rounds": rounds,
     }

@@ -170,6 +170,10 @@ class Coordinator:
             repos.append_event(db, live.round_id, live.next_seq(), kind, sender, payload)
             if acc is not None:
                 repos.save_sum(db, live.round_id, acc, len(live.machine.excluded))
+            if kind == "advance":
+                row = db.get(Round, live.round_id)
+                if row is not None:
+                    row.state = live.machine.state.value
 
     # ---- the clock ------------------------------------------------------------------------------
 

@@ -99,7 +99,7 @@ def init_tls_dir(
     giving the nodes the new ``ca.pem``.
 
     Args:
-        directory: Target directory (created 0700).
+        directory: Target directory (it and missing parents are created 0700).
         hosts: DNS names and IP addresses for the server certificate.
         force: Replace existing files.
         ca_days: CA validity in days.
@@ -115,7 +115,8 @@ def init_tls_dir(
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (use --force)")
     ca = make_ca(valid_days=ca_days)
     server: TlsCredential = issue_server_cert(ca, hosts, valid_days=server_days)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for missing in [d for d in (*reversed(directory.parents), directory) if not d.exists()]:
+        missing.mkdir(mode=0o700)  # also a new state directory: it will hold the identity key
     _write_file(files.key, server.key_pem.reveal(), 0o600)
     _write_file(files.cert, server.cert_pem, 0o644)
     _write_file(files.ca, ca.cert_pem, 0o644)
