@@ -13,7 +13,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from qflare.bench.report import render
 from qflare.bench.secagg import SecAggBenchConfig, run_secagg_bench
 from qflare.cli.attack import run_dlg
+from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.demo import run_demo
+from qflare.cli.node_cmds import node_app
+from qflare.cli.server_cmds import register as register_server_commands
 from qflare.cli.settings import Settings
 from qflare.cli.simulate import PROTOCOLS, SimulateOptions, accuracy_parity, run_simulation
 from qflare.protocol.graph import find_params
@@ -28,6 +31,9 @@ attack_app = typer.Typer(
     help="Privacy attacks that show what the masks protect.", no_args_is_help=True
 )
 app.add_typer(attack_app, name="attack")
+register_bench_server(bench_app)
+register_server_commands(app)
+app.add_typer(node_app, name="node")
 _STAGES = ["R0_ADVERTISE_KEYS", "R1_SHARE_KEYS", "R2_MASKED_INPUT", "R3_CONSISTENCY", "R4_UNMASK"]
 
 

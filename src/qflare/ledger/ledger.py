@@ -79,6 +79,7 @@ class Ledger:
         Raises:
             InvalidEntry: a field is malformed or a payload value is not allowed.
         """
+        self.sync()  # another writer (e.g. the operator CLI) may have appended since
         with self._lock:
             entry = AuditEntry(
                 index=self._tree.size,

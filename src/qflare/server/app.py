@@ -43,6 +43,7 @@ def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng
     coordinator.recover()
     return ServerContext(
         settings=settings,
+        engine=engine,
         factory=factory,
         identity=identity,
         sessions=SessionTable(settings.max_sessions),
@@ -51,7 +52,8 @@ def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng
         models=models,
         clock=clock,
         rng=rng,
-        limiter=RateLimiter(max(settings.rate_per_device, settings.rate_per_ip)),
+        limiter=RateLimiter(settings.rate_per_ip),
+        device_limiter=RateLimiter(settings.rate_per_device),
         long_polls=asyncio.Semaphore(settings.max_long_polls),
     )
 
@@ -87,6 +89,7 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            ctx.engine.dispose()
 
     app = FastAPI(
         title="QFLARE",

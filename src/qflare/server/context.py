@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto import MlDsa65Signer, Rng
@@ -22,6 +23,7 @@ class ServerContext:
     """Shared server state (one per app)."""
 
     settings: ServerSettings
+    engine: Engine
     factory: sessionmaker[Session]
     identity: MlDsa65Signer
     sessions: SessionTable
@@ -31,4 +33,5 @@ class ServerContext:
     clock: Callable[[], float]
     rng: Rng
     limiter: RateLimiter
+    device_limiter: RateLimiter
     long_polls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1000))

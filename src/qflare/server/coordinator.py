@@ -147,12 +147,15 @@ class Coordinator:
 
     def _accept(self, live: LiveRound, index: int, msg: m.ClientMessage) -> None:
         excluded_before = set(live.machine.excluded)
+        was_pending = index in live.machine.pending()
         try:
             live.machine.handle(msg)
         except ProtocolError:
             if index in live.machine.excluded and index not in excluded_before:
                 self._log(live, "reject", index, None)
             raise
+        if not was_pending:
+            return  # an identical retry, ignored by the machine: already in the log
         if isinstance(msg, m.MaskedInput):
             self._log(live, "masked", index, None, acc=live.machine.accumulator)
         else:
@@ -263,7 +266,10 @@ class Coordinator:
     def _graph_params(self, n: int) -> tuple[int, int]:
         if self.settings.k is not None and self.settings.t is not None:
             return min(self.settings.k, n), min(self.settings.t, n)
-        p = find_params(n, dropout_fraction=self.settings.dropout_estimate)
+        try:
+            p = find_params(n, dropout_fraction=self.settings.dropout_estimate)
+        except ValueError:  # too few clients to tolerate the planned dropouts: all must stay
+            return n, n
         return p.k, p.t
 
     def _build_live(
@@ -294,9 +300,7 @@ class Coordinator:
 
     def _completed_rounds(self) -> int:
         with self._factory() as db:
-            return sum(
-                1 for r in repos.rounds(db, limit=1_000_000) if r.state == State.COMPLETED.value
-            )
+            return repos.count_rounds(db, State.COMPLETED.value)
 
     def _close(self, live: LiveRound, now: float, abort: str | None) -> None:
         result = live.machine.result
@@ -360,8 +364,8 @@ class Coordinator:
         for ev in events:
             if ev.kind == "message" and ev.payload is not None:
                 live.machine.handle(m.decode_client(ev.payload))
-            elif ev.kind == "masked" and ev.sender is not None:
-                live.machine.resume_masked_input(ev.sender)
+            elif ev.kind == "masked" and ev.sender in live.machine.pending():
+                live.machine.resume_masked_input(ev.sender)  # (a logged duplicate is skipped)
             elif ev.kind == "reject" and ev.sender is not None:
                 live.machine.drop(ev.sender)
             elif ev.kind == "advance":

@@ -66,7 +66,7 @@ class ServerSettings(BaseSettings):
     round_interval_s: float = Field(default=1.0, ge=0)
     max_rounds: int = Field(default=0, ge=0)
     clip: float = 1.0
-    max_total_weight: int = 100_000
+    max_total_weight: int = 10_000
     session_lifetime_s: float = 3600.0
     max_sessions: int = 10_000
     long_poll_max_s: float = 20.0

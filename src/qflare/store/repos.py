@@ -195,6 +195,11 @@ def rounds(db: Session, limit: int = 100) -> Sequence[Round]:
     return db.scalars(select(Round).order_by(Round.id.desc()).limit(limit)).all()
 
 
+def count_rounds(db: Session, state: str) -> int:
+    """Number of rounds in ``state``."""
+    return int(db.scalar(select(func.count()).select_from(Round).where(Round.state == state)) or 0)
+
+
 def next_round_id(db: Session) -> int:
     """Round ids are never reused: one more than the largest ever stored."""
     return int(db.scalar(select(func.coalesce(func.max(Round.id), 0))) or 0) + 1

@@ -64,7 +64,7 @@ async def get_task(
     except (binascii.Error, ValueError) as exc:
         raise ApiError(400, "bad_auth", "X-QFLARE-Auth is not base64") from exc
     live.channel.open(x_qflare_seq, tag, now=now, direction=C2S)
-    ctx.limiter.check(f"device:{live.device_id}", now)
+    ctx.device_limiter.check(f"device:{live.device_id}", now)
     _active_device(ctx, live)
     ctx.coordinator.seen(live.device_id, now)
     if ctx.long_polls.locked():
@@ -95,7 +95,7 @@ async def post_result(request: Request, ctx: CtxDep) -> Response:
     frame = decode_body(await read_body(request, ctx.settings.body_limit_results), SealedFrame)
     live = ctx.sessions.get(frame.session_id, now)
     plain = live.channel.open(frame.seq, frame.ciphertext, now=now, direction=C2S)
-    ctx.limiter.check(f"device:{live.device_id}", now)
+    ctx.device_limiter.check(f"device:{live.device_id}", now)
     result = decode_body(plain, SignedResult)
     if result.device_id != live.device_id:
         raise ApiError(403, "wrong_device", "result names another device")

@@ -1,0 +1,164 @@
+"""``qflare node enroll`` and ``qflare node run``: parse flags, call :mod:`qflare.node.launch`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from qflare.crypto import SignatureScheme
+from qflare.node import NodeFatalError, ServerError, StateError, TrainingConfig, TransportError
+from qflare.node.launch import (
+    DEFAULT_STATE_DIR,
+    EnrollOptions,
+    RunOptions,
+    configure_logging,
+    enroll_node,
+    run_node,
+)
+
+node_app = typer.Typer(
+    help="Edge node: enroll once with a token, then take part in secure-aggregation rounds.",
+    no_args_is_help=True,
+)
+
+StateDir = Annotated[
+    Path, typer.Option(help="Node state directory (keys 0600, enrollment, used round ids).")
+]
+Ca = Annotated[
+    Path | None,
+    typer.Option(exists=True, dir_okay=False, help="CA certificate (PEM) of the server."),
+]
+Insecure = Annotated[
+    bool, typer.Option("--insecure", help="Allow plain http:// (tests on loopback only: no TLS).")
+]
+LogLevel = Annotated[str, typer.Option(help="Log level (JSON lines on stderr).")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@node_app.command("enroll")
+def enroll_cmd(
+    server: Annotated[str, typer.Option(help="Server URL, e.g. https://fl.example.org:8443.")],
+    token: Annotated[
+        str, typer.Option(envvar="QFLARE_ENROLL_TOKEN", help="Single-use enrollment token.")
+    ],
+    ca: Ca = None,
+    insecure: Insecure = False,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    scheme: Annotated[
+        str, typer.Option(help="Identity signatures of the federation: mldsa65, ed25519, hybrid.")
+    ] = "mldsa65",
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Create this node's keys and register their public halves with a one-time token."""
+    configure_logging(log_level)
+    try:
+        options = EnrollOptions(server, token, state_dir, ca, insecure, SignatureScheme(scheme))
+        record = enroll_node(options)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except ServerError as exc:
+        raise _fail(
+            f"the server refused the enrollment ({exc.code or exc.status}): {exc.detail}"
+        ) from exc
+    except (TransportError, StateError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"enrolled as device {record.device_id} at {record.server_url} (state: {state_dir})")
+
+
+def _training(shard: int | None, shards: int | None, **fields: Any) -> TrainingConfig:
+    if shard is None or shards is None:
+        raise typer.BadParameter("real training needs --shard I and --shards N (or --trainer)")
+    try:
+        return TrainingConfig(shard=shard, shards=shards, **fields)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():  # a second signal: stop now
+            raise KeyboardInterrupt
+        typer.echo(f"received {signal.Signals(signum).name}: stopping after this poll", err=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+@node_app.command("run")
+def run_cmd(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    ca: Ca = None,
+    insecure: Insecure = False,
+    dataset: Annotated[str, typer.Option(help="mnist or digits.")] = "mnist",
+    partition: Annotated[
+        str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")
+    ] = "dirichlet:0.5",
+    shard: Annotated[int | None, typer.Option(help="This node's partition index I.")] = None,
+    shards: Annotated[int | None, typer.Option(help="Number of partitions N.")] = None,
+    data_seed: Annotated[
+        int, typer.Option(help="Seed of the split (the same on every node of a federation).")
+    ] = 0,
+    epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
+    lr: Annotated[float, typer.Option(min=0.0, help="Local SGD learning rate.")] = 0.02,
+    batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 32,
+    trainer: Annotated[
+        str | None, typer.Option(help="Test trainer constant:SEED[:WEIGHT] instead of a dataset.")
+    ] = None,
+    max_rounds: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many rounds.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="TEST ONLY: seed masks and rounding (predictable to anyone)."),
+    ] = None,
+    poll_wait: Annotated[float, typer.Option(min=0.0, help="Long-poll seconds.")] = 10.0,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done."""
+    configure_logging(log_level)
+    training = (
+        None
+        if trainer is not None
+        else _training(
+            shard,
+            shards,
+            dataset=dataset,
+            partition=partition,
+            seed=data_seed,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+        )
+    )
+    options = RunOptions(
+        state_dir=state_dir,
+        ca=ca,
+        insecure=insecure,
+        training=training,
+        trainer_spec=trainer,
+        max_rounds=max_rounds,
+        seed=seed,
+        poll_wait=poll_wait,
+    )
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    try:
+        report = run_node(options, stop)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except (NodeFatalError, StateError) as exc:
+        raise _fail(str(exc), code=2) from exc
+    typer.echo(
+        f"rounds completed {report.completed}, dropped {report.dropped},"
+        f" results sent {report.results_sent}"
+    )

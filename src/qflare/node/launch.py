@@ -1,0 +1,192 @@
+"""Wiring for the ``qflare node`` commands: options in, a running node out.
+
+The CLI parses flags into :class:`RunOptions` / :class:`EnrollOptions` and calls
+:func:`enroll_node` or :func:`run_node`; everything else lives here and below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qflare.crypto import DeterministicRng, Rng, SignatureScheme, SystemRng
+from qflare.node.enroll import enroll
+from qflare.node.runner import NodeRunner, RunReport
+from qflare.node.session import NodeSession, RetryPolicy
+from qflare.node.state import DeviceRecord, NodeState
+from qflare.node.trainer import TorchTrainer, Trainer, TrainingConfig, parse_trainer_spec
+from qflare.node.transport import HttpApi, Timeouts
+
+__all__ = [
+    "EnrollOptions",
+    "RunOptions",
+    "StructuredFormatter",
+    "configure_logging",
+    "enroll_node",
+    "run_node",
+]
+
+DEFAULT_STATE_DIR = Path("qflare-node")
+_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class StructuredFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as JSON."""
+        body: dict[str, object] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        body.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send ``qflare`` logs to stderr as JSON lines."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(StructuredFormatter())
+    root = logging.getLogger("qflare")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+@dataclass(frozen=True)
+class EnrollOptions:
+    """``qflare node enroll``.
+
+    Attributes:
+        server: Server base URL.
+        token: Single-use enrollment token.
+        state_dir: Where the node keeps its keys and enrollment.
+        ca: CA certificate of the server (copied into the state directory).
+        insecure: Allow plain ``http://``.
+        scheme: Identity signature scheme of the federation.
+    """
+
+    server: str
+    token: str
+    state_dir: Path = DEFAULT_STATE_DIR
+    ca: Path | None = None
+    insecure: bool = False
+    scheme: SignatureScheme = SignatureScheme.MLDSA65
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """``qflare node run``.
+
+    Attributes:
+        state_dir: The enrolled node's state directory.
+        ca: CA certificate (default: the copy made at enrollment).
+        insecure: Allow plain ``http://``.
+        training: Real local training (ignored when ``trainer_spec`` is set).
+        trainer_spec: ``constant:SEED[:WEIGHT]`` test trainer.
+        max_rounds: Stop after this many rounds (``None``: run until stopped).
+        seed: TEST ONLY: seed the protocol randomness (masks, secrets, rounding).
+        poll_wait: Long-poll duration in seconds.
+        policy: Reconnection backoff.
+    """
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    ca: Path | None = None
+    insecure: bool = False
+    training: TrainingConfig | None = None
+    trainer_spec: str | None = None
+    max_rounds: int | None = None
+    seed: int | None = None
+    poll_wait: float = 10.0
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def enroll_node(options: EnrollOptions) -> DeviceRecord:
+    """Enroll a node (see :func:`qflare.node.enroll.enroll`)."""
+    ca_pem = options.ca.read_bytes() if options.ca is not None else None
+    with HttpApi(options.server, ca=options.ca, insecure=options.insecure) as api:
+        return enroll(
+            options.state_dir,
+            api,
+            options.token,
+            scheme=options.scheme,
+            rng=SystemRng(),
+            ca_pem=ca_pem,
+        )
+
+
+def build_trainer(options: RunOptions) -> Trainer:
+    """The trainer the options ask for.
+
+    Raises:
+        ValueError: neither a trainer spec nor a training config.
+    """
+    if options.trainer_spec is not None:
+        return parse_trainer_spec(options.trainer_spec)
+    if options.training is None:
+        raise ValueError("give either a training config or a trainer spec")
+    return TorchTrainer(options.training)
+
+
+def protocol_rng(seed: int | None) -> Rng:
+    """The OS CSPRNG, or (tests only) a deterministic generator seeded with ``seed``."""
+    if seed is None:
+        return SystemRng()
+    logging.getLogger("qflare.node").warning(
+        "--seed makes masks and secrets predictable: for tests only", extra={"seed_set": True}
+    )
+    return DeterministicRng(seed)
+
+
+def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> RunReport:
+    """Run an enrolled node until ``max_rounds`` rounds are done or ``stop_event`` is set.
+
+    Raises:
+        qflare.node.state.StateError: the state directory is not an enrolled node.
+        qflare.node.session.NodeFatalError: the server refuses this device.
+    """
+    stop = stop_event or threading.Event()
+    state = NodeState.open(options.state_dir)
+    device = state.require_device()
+    trainer = build_trainer(options)
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # returns early when asked to stop
+
+    api = HttpApi(
+        device.server_url,
+        ca=options.ca or state.ca_file,
+        insecure=options.insecure,
+        timeouts=Timeouts(),
+    )
+    session = NodeSession(
+        api,
+        device,
+        state.signer(),
+        rng=SystemRng(),
+        clock=time.time,
+        sleep=sleep,
+        policy=options.policy,
+        stop_event=stop,
+    )
+    runner = NodeRunner(
+        state,
+        session,
+        trainer,
+        protocol_rng(options.seed),
+        time.time,
+        sleep,
+        poll_wait=options.poll_wait,
+    )
+    try:
+        return runner.run(options.max_rounds, stop)
+    finally:
+        session.close()

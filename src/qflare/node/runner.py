@@ -1,0 +1,303 @@
+"""The node's main loop: pull tasks, drive one :class:`SecAggClient` per round, push signed results.
+
+Round life cycle seen from a node:
+
+* step 0 (:class:`~qflare.protocol.wire.RoundStart`): train from the given weights, quantise the
+  delta (weight = number of examples), make a fresh client machine, answer with ``start()``
+  (which claims the round id in the persisted registry before anything leaves the node);
+* step ``s >= 1``: decode the server message, hand the quantised vector over just before the
+  ``ShareRelay`` is fed, answer with ``receive()``;
+* the same task served again (our answer was lost): send the same signed answer again. A client
+  machine never computes a second, different answer to one step;
+* a protocol error (forged, inconsistent or unexpected message): log it and drop the round; the
+  server then treats the node as a dropout.
+
+Logs carry structured ``extra`` fields (round, step, reason...) and never keys, seeds, shares,
+masks or update vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+import numpy as np
+
+from qflare.crypto import MaskPrg, RingVector, Rng, Signer, ring_dtype
+from qflare.node.session import NodeFatalError, NodeStopped, TaskTransport
+from qflare.node.state import NodeState
+from qflare.node.trainer import Trainer
+from qflare.node.transport import ConflictError, ServerError, TransportError
+from qflare.protocol import messages as m
+from qflare.protocol.errors import ProtocolError
+from qflare.protocol.quantize import QuantConfig, quantize
+from qflare.protocol.secagg import RoundRegistry, SecAggClient, State
+from qflare.protocol.wire import UPDATE_CONTEXT, RoundStart, SignedResult, Task, result_transcript
+
+__all__ = ["NodeRunner", "RunReport"]
+
+log = logging.getLogger("qflare.node")
+
+
+@dataclass
+class RunReport:
+    """What :meth:`NodeRunner.run` did.
+
+    Attributes:
+        completed: Rounds in which this node sent its last protocol message.
+        dropped: Rounds this node abandoned (protocol error, failed training, superseded).
+        results_sent: Signed results delivered (including re-sends).
+    """
+
+    completed: int = 0
+    dropped: int = 0
+    results_sent: int = 0
+
+    @property
+    def rounds(self) -> int:
+        """Rounds finished either way."""
+        return self.completed + self.dropped
+
+
+@dataclass
+class _Round:
+    """This node's part in one round."""
+
+    round_id: int
+    client: SecAggClient
+    vector: RingVector | None  # the quantised update, until the client takes it at R2
+    step: int = 0
+    answer: SignedResult | None = None
+
+
+class NodeRunner:
+    """Runs an enrolled node.
+
+    Args:
+        state: The node's state directory (identity key, enrollment, round registry).
+        transport: Where tasks come from and results go (a :class:`NodeSession` in production).
+        trainer: Local training.
+        rng: Randomness of the protocol machine and of the stochastic rounding. Use the OS
+            CSPRNG in production; a :class:`~qflare.crypto.DeterministicRng` is for tests only
+            (it makes masks predictable to anyone who knows the seed).
+        clock: Wall-clock time (deadline warnings).
+        sleep: Blocking sleep (pauses after errors and ignored tasks).
+        poll_wait: Long-poll duration in seconds (bounds how fast a stop request is noticed).
+        pause_s: Pause after an error or a task that this node cannot answer.
+    """
+
+    def __init__(
+        self,
+        state: NodeState,
+        transport: TaskTransport,
+        trainer: Trainer,
+        rng: Rng,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        *,
+        poll_wait: float = 10.0,
+        pause_s: float = 1.0,
+    ) -> None:
+        self.device_id = state.require_device().device_id
+        self._signer: Signer = state.signer()
+        self._registry: RoundRegistry = state.registry()
+        self._transport, self._trainer, self._rng = transport, trainer, rng
+        self._clock, self._sleep = clock, sleep
+        self.poll_wait, self.pause_s = poll_wait, pause_s
+        self._round: _Round | None = None
+        self._prg: MaskPrg | None = None
+        self.report = RunReport()
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def run(
+        self, max_rounds: int | None = None, stop_event: threading.Event | None = None
+    ) -> RunReport:
+        """Take part in rounds until ``max_rounds`` are finished or ``stop_event`` is set.
+
+        Raises:
+            NodeFatalError: the server refuses this device (revoked or unknown).
+        """
+        stop = stop_event or threading.Event()
+        log.info("node running", extra={"device": self.device_id, "max_rounds": max_rounds})
+        while not stop.is_set() and (max_rounds is None or self.report.rounds < max_rounds):
+            try:
+                self.run_once()
+            except NodeStopped:
+                break
+            except NodeFatalError:
+                raise
+            except TransportError as exc:
+                log.warning("transport error", extra={"error": type(exc).__name__, "why": str(exc)})
+                self._sleep(self.pause_s)
+        log.info("node stopped", extra={"device": self.device_id, **vars(self.report)})
+        return self.report
+
+    def run_once(self) -> bool:
+        """Poll once and handle what comes; ``True`` if a result was sent."""
+        task = self._transport.poll(self.poll_wait)
+        if task is None:
+            return False
+        result = self.handle(task)
+        if result is None:
+            self._sleep(self.pause_s)  # the server keeps serving it until the step's deadline
+            return False
+        self._deliver(result)
+        return True
+
+    def _deliver(self, result: SignedResult) -> None:
+        try:
+            self._transport.send(result)
+        except ConflictError as exc:
+            # The step is over: our answer was accepted by an earlier attempt, or came too late.
+            log.warning(
+                "result refused as stale",
+                extra={"round": result.round_id, "step": result.step, "code": exc.code},
+            )
+        except ServerError as exc:
+            log.warning(
+                "result rejected",
+                extra={"round": result.round_id, "step": result.step, "code": exc.code},
+            )
+            self._drop(f"server rejected step {result.step}: {exc.code}")
+            return
+        else:
+            self.report.results_sent += 1
+        current = self._round
+        if current is not None and current.client.state is State.COMPLETED:
+            self._complete()
+
+    # ---- tasks ----------------------------------------------------------------------------------
+
+    def handle(self, task: Task) -> SignedResult | None:
+        """Compute the signed answer to ``task``; ``None`` if this node does not answer it."""
+        current = self._round
+        if current is not None and current.round_id == task.round_id:
+            if task.step == current.step and current.answer is not None:
+                log.info("re-sending answer", extra={"round": task.round_id, "step": task.step})
+                return current.answer
+            if task.step < current.step:
+                log.info("stale task ignored", extra={"round": task.round_id, "step": task.step})
+                return None
+        if task.step == 0 and task.start is not None:
+            return self._start_round(task.round_id, task.start)
+        if task.step >= 1 and task.message is not None:
+            return self._continue_round(task.round_id, task.step, task.message)
+        log.warning("malformed task ignored", extra={"round": task.round_id, "step": task.step})
+        return None
+
+    def _start_round(self, round_id: int, start: RoundStart) -> SignedResult | None:
+        if self._round is not None:
+            self._drop("superseded by a new round")
+        cfg = start.config
+        log.info(
+            "round started",
+            extra={"round": round_id, "clients": len(cfg.participants), "k": cfg.k, "t": cfg.t},
+        )
+        if cfg.round_id != round_id:
+            log.warning("round start names another round", extra={"round": round_id})
+            return None
+        try:
+            vector = self._local_update(start)
+            client = SecAggClient(
+                cfg,
+                start.client_index,
+                self._signer,
+                start.identities,
+                self._rng,
+                self._registry,
+                prg=self._mask_prg(cfg),
+            )
+            self._round = _Round(round_id, client, vector)
+            return self._answer(self._round, 0, client.start())
+        except (ProtocolError, ValueError, RuntimeError) as exc:  # RuntimeError: torch
+            self._round = None
+            self._count_drop(round_id, 0, f"cannot start: {exc}")
+            return None
+
+    def _local_update(self, start: RoundStart) -> RingVector:
+        """Train, then quantise ``[weight·delta, weight]`` into the round's ring."""
+        weights = np.frombuffer(start.weights, dtype="<f4").astype(np.float32)
+        began = self._clock()
+        delta, examples = self._trainer.train(weights, start.config.round_id)
+        if delta.shape != weights.shape:
+            raise ValueError(f"trainer returned {delta.shape}, model has {weights.shape}")
+        cfg = QuantConfig(start.clip, start.config.modulus_bits, start.max_total_weight)
+        vector = quantize(delta, examples, cfg, self._rng)
+        now = self._clock()
+        log.info(
+            "local update ready",
+            extra={"round": start.config.round_id, "examples": examples, "train_s": now - began},
+        )
+        if now > start.deadline:
+            log.warning(
+                "training overran the step deadline", extra={"round": start.config.round_id}
+            )
+        return vector
+
+    def _mask_prg(self, cfg: m.RoundConfig) -> MaskPrg:
+        prg = self._prg
+        if prg is None or prg.dim != cfg.dim or prg.dtype != ring_dtype(cfg.modulus_bits):
+            prg = self._prg = MaskPrg(cfg.dim, cfg.modulus_bits)
+        return prg
+
+    def _continue_round(self, round_id: int, step: int, message: bytes) -> SignedResult | None:
+        current = self._round
+        if current is None or current.round_id != round_id:
+            log.info("task for a round this node is not in", extra={"round": round_id})
+            return None
+        if step != current.step + 1:
+            self._drop(f"step {step} after step {current.step}")
+            return None
+        try:
+            msg = m.decode_server(message)
+            if isinstance(msg, m.ShareRelay) and current.vector is not None:
+                current.client.set_input(current.vector)
+                current.vector = None
+            reply = current.client.receive(msg)
+        except (ProtocolError, msgspec.MsgspecError) as exc:
+            self._drop(f"protocol error: {exc}")
+            return None
+        return self._answer(current, step, reply)
+
+    def _answer(self, current: _Round, step: int, reply: m.ClientMessage) -> SignedResult:
+        message = m.encode(reply)
+        transcript = result_transcript(self.device_id, current.round_id, step, message)
+        result = SignedResult(
+            device_id=self.device_id,
+            round_id=current.round_id,
+            step=step,
+            message=message,
+            signature=self._signer.sign(transcript, context=UPDATE_CONTEXT),
+        )
+        current.step, current.answer = step, result
+        log.info(
+            "answer ready",
+            extra={"round": current.round_id, "step": step, "kind": type(reply).__name__},
+        )
+        return result
+
+    # ---- endings --------------------------------------------------------------------------------
+
+    def _drop(self, why: str) -> None:
+        current = self._round
+        if current is None:
+            return
+        self._round = None
+        self._count_drop(current.round_id, current.step, why)
+
+    def _count_drop(self, round_id: int, step: int, why: str) -> None:
+        self.report.dropped += 1
+        log.warning("round dropped", extra={"round": round_id, "step": step, "why": why})
+
+    def _complete(self) -> None:
+        current = self._round
+        if current is None:
+            return
+        self._round = None
+        self.report.completed += 1
+        log.info("round completed", extra={"round": current.round_id})
