@@ -14,9 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from qflare.fl import (
     Aggregator,
@@ -40,6 +38,7 @@ from qflare.fl import (
     split_flat,
     torch_threads,
 )
+from qflare.fl.local import client_loader, fit_config
 from qflare.sim.parallel import ParallelTrainer
 
 __all__ = ["FederatedConfig", "Progress", "RoundMetrics", "SimulationResult", "run_federated"]
@@ -203,28 +202,24 @@ def _build_federation(config: FederatedConfig, data: Dataset) -> _Federation:
         min_samples=config.min_partition_size,
     )
     loss_fn = nn.CrossEntropyLoss()
-    clients = []
-    for indices in parts:
-        index = torch.from_numpy(indices)
-        subset = TensorDataset(data.x_train[index], data.y_train[index])
-        loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
-            subset, batch_size=config.batch_size, shuffle=True
-        )
-        clients.append(TorchClient(model, loss_fn, loader))
+    clients = [
+        TorchClient(model, loss_fn, client_loader(data, idx, config.batch_size)) for idx in parts
+    ]
     shapes = [tuple(p.shape) for p in model.parameters()]
     return _Federation(data, model, tuple(clients), shapes, tuple(len(p) for p in parts))
 
 
 def _fit_config(config: FederatedConfig, round_id: int, client: int) -> Config:
-    seed = int(np.random.SeedSequence([config.seed, round_id, client]).generate_state(1)[0])
-    return {
-        "epochs": config.local_epochs,
-        "lr": config.lr,
-        "momentum": config.momentum,
-        "batch_size": config.batch_size,
-        "proximal_mu": config.fedprox_mu,
-        "seed": seed,
-    }
+    return fit_config(
+        config.seed,
+        round_id,
+        client,
+        epochs=config.local_epochs,
+        lr=config.lr,
+        momentum=config.momentum,
+        batch_size=config.batch_size,
+        proximal_mu=config.fedprox_mu,
+    )
 
 
 def _local_updates(
