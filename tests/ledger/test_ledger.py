@@ -168,17 +168,37 @@ def test_reload_refuses_a_broken_chain(i):
     assert info.value.index == i
 
 
-def test_second_writer_conflicts_and_sync_catches_up():
+def test_a_stale_second_writer_catches_up_before_appending():
     store = InMemoryLedgerStore()
     a, b = Ledger(store), Ledger(store)
     fill(a, 4)
+    entry = b.append("enroll", "node-1", {}, 200.0)  # b syncs first, then appends at index 4
+    assert entry.index == 4
+    assert a.sync() == 1
+    assert (b.root(), b.chain_head) == (a.root(), a.chain_head)
+    a.verify()
+
+
+def test_a_write_racing_in_after_the_sync_conflicts_and_writes_nothing():
+    class Racy(InMemoryLedgerStore):
+        rival: Ledger | None = None
+
+        def append_entry(self, index, data):
+            if self.rival is not None:  # another writer wins the race once
+                rival, self.rival = self.rival, None
+                rival.append("enroll", "rival", {}, 150.0)
+            super().append_entry(index, data)
+
+    store = Racy()
+    a, b = Ledger(store), Ledger(store)
+    fill(a, 2)
+    store.rival = a
     with pytest.raises(LedgerConflict):
         b.append("enroll", "node-1", {}, 200.0)
-    assert b.size == 0
-    assert b.sync() == 4
-    assert (b.root(), b.chain_head) == (a.root(), a.chain_head)
-    b.append("enroll", "node-1", {}, 200.0)
-    assert a.sync() == 1
+    assert store.size() == 3
+    assert b.sync() == 1 and b.size == 3  # it sees the rival's entry
+    assert b.append("enroll", "node-1", {}, 201.0).index == 3
+    a.sync()
     a.verify()
 
 
