@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from qflare.bench.chronos import ChronosBenchConfig, run_chronos_bench
 from qflare.bench.report import render
 from qflare.bench.secagg import SecAggBenchConfig, run_secagg_bench
 from qflare.cli.attack import run_dlg
@@ -260,6 +261,65 @@ def bench_report(
 ) -> None:
     """Print the markdown table of measured figures against the targets."""
     typer.echo(render(bench_dir))
+
+
+def _parse_rtts(values: list[str]) -> tuple[float, ...]:
+    try:
+        rtts = tuple(float(v) for item in values for v in item.split(",") if v.strip())
+    except ValueError:
+        raise typer.BadParameter("--rtt-ms takes numbers, repeated or comma-separated") from None
+    if not rtts or any(r < 0 for r in rtts):
+        raise typer.BadParameter("--rtt-ms needs at least one non-negative value")
+    return rtts
+
+
+@bench_app.command("chronos")
+def bench_chronos(
+    clients: Annotated[int, typer.Option(help="Number of clients n.")] = 20,
+    dim: Annotated[int, typer.Option(help="Update length d (float32 parameters).")] = 100_000,
+    k: Annotated[
+        int | None, typer.Option(help="Closed-neighbourhood size; default: finder.")
+    ] = None,
+    t: Annotated[int | None, typer.Option(help="Shamir threshold; default: finder.")] = None,
+    dropout: Annotated[float, typer.Option(help="Fraction of clients that drop.")] = 0.0,
+    rtt_ms: Annotated[
+        list[str] | None, typer.Option(help="Round-trip time(s) in ms: repeat or comma-separate.")
+    ] = None,
+    uplink_mbps: Annotated[float, typer.Option(help="Client uplink, Mbit/s.")] = 20.0,
+    downlink_mbps: Annotated[float, typer.Option(help="Client downlink, Mbit/s.")] = 100.0,
+    scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
+    repeat: Annotated[int, typer.Option(help="Repeats (medians are reported).")] = 3,
+    enclave: Annotated[
+        bool, typer.Option(help="Also measure one device on the simulated enclave.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Active-phase latency of CHRONOS, CHRONOS-DM and SecAgg+ under a network model."""
+    rtts = _parse_rtts(rtt_ms or ["50", "200"])
+    cfg = ChronosBenchConfig(
+        clients=clients,
+        dim=dim,
+        k=k,
+        t=t,
+        dropout=dropout,
+        rtt_ms=rtts,
+        uplink_mbps=uplink_mbps,
+        downlink_mbps=downlink_mbps,
+        scheme=scheme,
+        repeat=repeat,
+        enclave=enclave,
+    )
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
+    ) as bar:
+        task = bar.add_task("chronos bench")
+        result = run_chronos_bench(cfg, progress=lambda s: bar.update(task, description=s))
+    text = json.dumps(result, indent=2)
+    if output is not None:
+        output.write_text(text)
+    typer.echo(text)
 
 
 def main() -> None:
