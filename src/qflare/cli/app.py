@@ -10,18 +10,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qflare.bench.chronos import ChronosBenchConfig, run_chronos_bench
 from qflare.bench.report import render
-from qflare.bench.secagg import SecAggBenchConfig, run_secagg_bench
-from qflare.cli.attack import run_dlg
 from qflare.cli.bench_server import register as register_bench_server
-from qflare.cli.demo import run_demo
 from qflare.cli.node_cmds import node_app
 from qflare.cli.server_cmds import register as register_server_commands
-from qflare.cli.settings import Settings
-from qflare.cli.simulate import PROTOCOLS, SimulateOptions, accuracy_parity, run_simulation
+from qflare.cli.settings import PROTOCOLS, Settings
 from qflare.protocol.graph import find_params
-from qflare.sim.federated import FederatedConfig
 
 app = typer.Typer(
     help="QFLARE: secure federated learning.", no_args_is_help=True, add_completion=False
@@ -46,6 +40,10 @@ def demo(
     rounds: Annotated[int, typer.Option(help="FL rounds of the MNIST part (0 skips it).")] = 8,
 ) -> None:
     """One explained SecAgg+ round, then MNIST federated training with SecAgg+ vs plain."""
+    from qflare.cli.demo import run_demo
+    from qflare.cli.simulate import SimulateOptions, run_simulation
+    from qflare.sim.federated import FederatedConfig
+
     settings = Settings()
     console = Console()
     run_demo(settings, console, clients=clients, dim=dim, dropout=dropout)
@@ -104,6 +102,9 @@ def simulate(
     ] = None,
 ) -> None:
     """Train a real model on real data across simulated clients (secure aggregation by default)."""
+    from qflare.cli.simulate import SimulateOptions, run_simulation
+    from qflare.sim.federated import FederatedConfig
+
     if protocol not in PROTOCOLS:
         raise typer.BadParameter(f"--protocol must be one of {PROTOCOLS}")
     settings = Settings()
@@ -147,6 +148,8 @@ def attack_dlg(
     output: Annotated[Path | None, typer.Option(help="Also write the JSON summary here.")] = None,
 ) -> None:
     """Invert gradients from the plain update, the quantised update and the masked upload."""
+    from qflare.cli.attack import run_dlg
+
     if method not in ("idlg", "dlg"):
         raise typer.BadParameter("--method must be idlg or dlg")
     settings = Settings()
@@ -171,6 +174,9 @@ def bench_accuracy(
     output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
     """Accuracy parity: SecAgg+ FedAvg vs plain FedAvg on MNIST-5k, same seed."""
+    from qflare.cli.simulate import accuracy_parity
+    from qflare.sim.federated import FederatedConfig
+
     cfg = FederatedConfig(
         dataset="mnist",
         num_clients=clients,
@@ -230,6 +236,8 @@ def bench_secagg(
     output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
     """Benchmark one SecAgg+ round in-process against the AES-CTR and numpy floors."""
+    from qflare.bench.secagg import SecAggBenchConfig, run_secagg_bench
+
     stage = next((s for s in _STAGES if drop_stage in (s, s[:2])), None)
     if stage is None:
         raise typer.BadParameter(f"--drop-stage must be one of {_STAGES} (or R0..R4)")
@@ -296,6 +304,8 @@ def bench_chronos(
     output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
     """Active-phase latency of CHRONOS, CHRONOS-DM and SecAgg+ under a network model."""
+    from qflare.bench.chronos import ChronosBenchConfig, run_chronos_bench
+
     rtts = _parse_rtts(rtt_ms or ["50", "200"])
     cfg = ChronosBenchConfig(
         clients=clients,

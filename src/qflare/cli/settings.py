@@ -6,6 +6,9 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PROTOCOLS = ("secagg+", "secagg", "plain")
+"""Aggregation protocols ``qflare simulate`` accepts."""
+
 
 class Settings(BaseSettings):
     """QFLARE settings; every field can be set as ``QFLARE_<NAME>``.

@@ -10,13 +10,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qflare.cli.settings import PROTOCOLS
 from qflare.crypto import SignatureScheme
 from qflare.fl import Aggregator, PlainAggregator
 from qflare.sim.federated import FederatedConfig, RoundMetrics, SimulationResult, run_federated
 from qflare.sim.report import plot_accuracy, write_metrics_json
 from qflare.sim.secure import SecAggAggregator, SecureProtocol
-
-PROTOCOLS = ("secagg+", "secagg", "plain")
 
 
 @dataclass(frozen=True)

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from torch import nn
 
-from qflare.fl import (
-    Dataset,
-    TorchClient,
-    build_model,
-    default_model_name,
-    join_flat,
-    load_dataset,
-    parse_partition,
-    partition,
-    split_flat,
-)
-from qflare.fl.local import client_loader, fit_config
+if TYPE_CHECKING:  # torch and the FL layer load only when a node really trains a model
+    from qflare.fl import Dataset
 
 __all__ = ["ConstantTrainer", "TorchTrainer", "Trainer", "TrainingConfig", "parse_trainer_spec"]
 
@@ -97,6 +86,8 @@ class TrainingConfig:
             raise ValueError(f"shard must lie in [0, {self.shards}), got {self.shard}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        from qflare.fl import parse_partition
+
         parse_partition(self.partition)
 
 
@@ -109,6 +100,11 @@ class TorchTrainer:
     """
 
     def __init__(self, config: TrainingConfig, data: Dataset | None = None) -> None:
+        from torch import nn
+
+        from qflare.fl import TorchClient, build_model, default_model_name, load_dataset, partition
+        from qflare.fl.local import client_loader
+
         self.config = config
         self.data = data if data is not None else load_dataset(config.dataset, config.seed)
         name = config.model or default_model_name(self.data.input_shape)
@@ -136,6 +132,9 @@ class TorchTrainer:
         Raises:
             ValueError: the global model does not fit this node's architecture.
         """
+        from qflare.fl import join_flat, split_flat
+        from qflare.fl.local import fit_config
+
         flat = np.asarray(weights, dtype=np.float32)
         cfg = self.config
         config = fit_config(

@@ -6,7 +6,6 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.fl import build_model, default_model_name, get_flat
 from qflare.store import repos
 from qflare.store.models import ModelVersion
 
@@ -31,7 +30,7 @@ class ModelStore:
         if dataset not in _SHAPES:
             raise ValueError(f"unknown dataset {dataset!r}")
         self.input_shape, self.num_classes = _SHAPES[dataset]
-        self.model_name = model or default_model_name(self.input_shape)
+        self.model_name = model
         self._seed = seed
         self._vector_dim = (
             int(model.split(":", 1)[1]) if model and model.startswith("vector:") else None
@@ -46,7 +45,10 @@ class ModelStore:
     def _initial(self) -> npt.NDArray[np.float32]:
         if self._vector_dim is not None:  # a raw-vector federation (NumPy in, NumPy out)
             return np.zeros(self._vector_dim, dtype=np.float32)
-        net = build_model(self.model_name, self.input_shape, self.num_classes, seed=self._seed)
+        from qflare.fl import build_model, default_model_name, get_flat  # torch: only when needed
+
+        name = self.model_name or default_model_name(self.input_shape)
+        net = build_model(name, self.input_shape, self.num_classes, seed=self._seed)
         return get_flat(net).astype(np.float32)
 
     def latest(self) -> tuple[int, npt.NDArray[np.float32]]:

@@ -1,0 +1,185 @@
+"""A whole federation on this machine: a TLS server process and N node processes.
+
+Used by ``qflare demo`` and by the multi-process integration tests. Everything goes through the
+real command line (``qflare certs init``, ``qflare server``, ``qflare token create``, ``qflare node
+enroll``, ``qflare node run``), so what runs here is exactly what an operator runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalFederation:
+    """Server + nodes as child processes under ``workdir``.
+
+    Attributes:
+        workdir: Holds the server's database, keys, TLS files and each node's state.
+        settings: Server settings written to ``server.json`` (``qflare server --config``).
+        port: Server port (a free one by default).
+    """
+
+    workdir: Path
+    settings: dict[str, Any]
+    port: int = field(default_factory=free_port)
+    server: subprocess.Popen[bytes] | None = None
+    nodes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        """The CA certificate nodes pin."""
+        return self.workdir / "server" / "tls" / "ca.pem"
+
+    @property
+    def config(self) -> Path:
+        """The server's settings file."""
+        return self.workdir / "server.json"
+
+    def _qflare(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "qflare.cli", *args]
+
+    def _run(self, *args: str) -> str:
+        out = subprocess.run(self._qflare(*args), capture_output=True, text=True, check=False)  # noqa: S603
+        if out.returncode != 0:
+            raise RuntimeError(f"qflare {' '.join(args[:2])} failed: {out.stderr[-2000:]}")
+        return out.stdout
+
+    def prepare(self) -> None:
+        """Write the settings file and make the CA and server certificate."""
+        (self.workdir / "server").mkdir(parents=True, exist_ok=True, mode=0o700)
+        base = {
+            "database_url": f"sqlite:///{self.workdir / 'server' / 'qflare.sqlite'}",
+            "state_dir": str(self.workdir / "server"),
+            "port": self.port,
+            "host": "127.0.0.1",
+        }
+        self.config.write_text(json.dumps({**base, **self.settings}, indent=2))
+        self._run("certs", "init", "--config", str(self.config), "--hosts", "localhost,127.0.0.1")
+
+    def start_server(self, log: Path | None = None) -> None:
+        """Start (or restart) the server process and wait until it answers."""
+        out = open(log or self.workdir / "server.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = self._qflare("server", "--config", str(self.config))
+        self.server = subprocess.Popen(cmd, stdout=out, stderr=out)  # noqa: S603
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        """Block until ``/v1/health`` answers over TLS."""
+        end = time.time() + timeout_s
+        while time.time() < end:
+            if self.server is not None and self.server.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.server.returncode}; see {self.workdir / 'server.log'}"
+                )
+            try:
+                if (
+                    httpx.get(f"{self.url}/v1/health", verify=str(self.ca), timeout=2).status_code
+                    == 200
+                ):
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise RuntimeError("server did not become ready")
+
+    def enroll(self, index: int, scheme: str = "mldsa65") -> Path:
+        """Create a token (operator CLI) and enroll node ``index`` with it (node CLI)."""
+        token = self._run(
+            "token",
+            "create",
+            "--expires",
+            "1h",
+            "--label",
+            f"node{index}",
+            "--config",
+            str(self.config),
+        ).strip()
+        state = self.workdir / f"node{index}"
+        self._run(
+            "node",
+            "enroll",
+            "--server",
+            self.url,
+            "--token",
+            token,
+            "--ca",
+            str(self.ca),
+            "--state-dir",
+            str(state),
+            "--scheme",
+            scheme,
+        )
+        return state
+
+    def start_node(self, index: int, *args: str) -> None:
+        """Start ``qflare node run`` for an enrolled node."""
+        log = open(self.workdir / f"node{index}.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = self._qflare("node", "run", "--state-dir", str(self.workdir / f"node{index}"), *args)
+        self.nodes[index] = subprocess.Popen(cmd, stdout=log, stderr=log)  # noqa: S603
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """``GET /v1/rounds``."""
+        data: list[dict[str, Any]] = httpx.get(
+            f"{self.url}/v1/rounds", verify=str(self.ca), timeout=10
+        ).json()
+        return data
+
+    def wait_rounds(self, completed: int, timeout_s: float) -> list[dict[str, Any]]:
+        """Wait until ``completed`` rounds have completed (ids ascending)."""
+        end = time.time() + timeout_s
+        while time.time() < end:
+            try:
+                done = [r for r in self.rounds() if r["state"] == "COMPLETED"]
+            except httpx.HTTPError:
+                done = []
+            if len(done) >= completed:
+                return sorted(done, key=lambda r: int(r["id"]))
+            time.sleep(0.5)
+        raise TimeoutError(f"fewer than {completed} rounds completed in {timeout_s} s")
+
+    def kill_server(self) -> None:
+        """SIGKILL the server (no clean shutdown)."""
+        if self.server is not None:
+            self.server.send_signal(signal.SIGKILL)
+            self.server.wait(timeout=30)
+            self.server = None
+
+    def stop(self) -> None:
+        """Stop every child: nodes first (SIGTERM, then SIGKILL), then the server."""
+        for proc in [*self.nodes.values(), *([self.server] if self.server else [])]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.nodes.values(), *([self.server] if self.server else [])]:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
