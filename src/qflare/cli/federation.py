@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -58,6 +59,9 @@ class LocalFederation:
         """The server's settings file."""
         return self.workdir / "server.json"
 
+    def _tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
     def _qflare(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "qflare.cli", *args]
 
@@ -96,7 +100,7 @@ class LocalFederation:
                 )
             try:
                 if (
-                    httpx.get(f"{self.url}/v1/health", verify=str(self.ca), timeout=2).status_code
+                    httpx.get(f"{self.url}/v1/health", verify=self._tls(), timeout=2).status_code
                     == 200
                 ):
                     return
@@ -142,7 +146,7 @@ class LocalFederation:
     def rounds(self) -> list[dict[str, Any]]:
         """``GET /v1/rounds``."""
         data: list[dict[str, Any]] = httpx.get(
-            f"{self.url}/v1/rounds", verify=str(self.ca), timeout=10
+            f"{self.url}/v1/rounds", verify=self._tls(), timeout=10
         ).json()
         return data
 
