@@ -34,34 +34,26 @@ _STAGES = ["R0_ADVERTISE_KEYS", "R1_SHARE_KEYS", "R2_MASKED_INPUT", "R3_CONSISTE
 
 @app.command()
 def demo(
-    clients: Annotated[int, typer.Option(help="Number of clients.")] = 20,
-    dim: Annotated[int, typer.Option(help="Model size of the explained round (floats).")] = 50_000,
-    dropout: Annotated[float, typer.Option(help="Fraction of clients that drop out.")] = 0.2,
-    rounds: Annotated[int, typer.Option(help="FL rounds of the MNIST part (0 skips it).")] = 8,
+    nodes: Annotated[int, typer.Option(help="Node processes of the networked federation.")] = 5,
+    rounds: Annotated[int, typer.Option(help="Secure FL rounds over HTTPS (0: skip).")] = 8,
+    explain: Annotated[
+        bool, typer.Option(help="First explain one in-memory SecAgg+ round.")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: $QFLARE_OUT_DIR/demo).")
+    ] = None,
 ) -> None:
-    """One explained SecAgg+ round, then MNIST federated training with SecAgg+ vs plain."""
+    """The main job: a TLS server and enrolled node processes train MNIST with SecAgg+."""
     from qflare.cli.demo import run_demo
-    from qflare.cli.simulate import SimulateOptions, run_simulation
-    from qflare.sim.federated import FederatedConfig
+    from qflare.cli.netdemo import DemoPlan, run_network_demo
 
     settings = Settings()
     console = Console()
-    run_demo(settings, console, clients=clients, dim=dim, dropout=dropout)
+    if explain:
+        run_demo(settings, console, clients=20, dim=50_000, dropout=0.2)
     if rounds > 0:
-        console.rule("[bold]Federated learning on MNIST with secure aggregation")
-        cfg = FederatedConfig(
-            dataset="mnist",
-            num_clients=10,
-            rounds=rounds,
-            partition="dirichlet:0.5",
-            lr=0.02,
-            momentum=0.9,
-            batch_size=32,
-        )
-        opts = SimulateOptions(
-            "secagg+", 0.1, True, settings.out_dir / "demo", settings.signature_scheme
-        )
-        run_simulation(console, cfg, opts)
+        plan = DemoPlan(nodes, rounds, out or settings.out_dir / "demo", settings.signature_scheme)
+        run_network_demo(console, plan)
 
 
 @app.command()

@@ -1,0 +1,196 @@
+"""``make demo``: a real federation on localhost — TLS server, enrolled node processes, MNIST.
+
+Everything runs through the real command line and real HTTPS on loopback; the demo only watches:
+after every round it evaluates the new global model on the held-out MNIST test split.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch import nn
+
+from qflare.cli.federation import LocalFederation
+from qflare.fl import build_model, default_model_name, evaluate_batches, load_dataset, set_flat
+from qflare.store.db import make_engine, session_factory
+from qflare.store.models import ModelVersion
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """Size of the demo federation."""
+
+    nodes: int = 5
+    rounds: int = 5
+    workdir: Path = Path("out/demo")
+    scheme: str = "mldsa65"
+
+
+class Evaluator:
+    """Test accuracy of stored model versions on the MNIST test split."""
+
+    def __init__(self, database: Path) -> None:
+        self.data = load_dataset("mnist", 0)
+        self.model = build_model(
+            default_model_name(self.data.input_shape),
+            self.data.input_shape,
+            self.data.num_classes,
+            seed=0,
+        )
+        self._factory = session_factory(make_engine(f"sqlite:///{database}"))
+
+    def evaluate(self, version: int) -> tuple[float, float]:
+        """(accuracy, loss) of model ``version``."""
+        with self._factory() as db:
+            row = db.get(ModelVersion, version)
+            assert row is not None
+            set_flat(self.model, np.frombuffer(row.weights, dtype=np.float32).copy())
+        x, y = self.data.x_test, self.data.y_test
+        loss, accuracy, _ = evaluate_batches(self.model, nn.CrossEntropyLoss(), [(x, y)])
+        return accuracy, loss
+
+
+def _start(console: Console, fed: LocalFederation, plan: DemoPlan) -> None:
+    fed.prepare()
+    console.print(f"TLS CA and server certificate: {fed.ca.parent}")
+    fed.start_server()
+    console.print(f"server up at {fed.url} (SQLite: {fed.workdir / 'server' / 'qflare.sqlite'})")
+    with console.status(
+        "issuing single-use tokens and enrolling nodes (post-quantum keys made on each node)"
+    ):
+        for i in range(plan.nodes):
+            fed.enroll(i, plan.scheme)
+    console.print(f"{plan.nodes} nodes enrolled; each holds a Dirichlet(0.5) shard of MNIST")
+    for i in range(plan.nodes):
+        args = (
+            "--dataset",
+            "mnist",
+            "--partition",
+            "dirichlet:0.5",
+            "--shard",
+            str(i),
+            "--shards",
+            str(plan.nodes),
+        )
+        fed.start_node(i, *args, "--max-rounds", str(plan.rounds), "--poll-wait", "2")
+
+
+def _watch(
+    console: Console, fed: LocalFederation, plan: DemoPlan, evaluator: Evaluator
+) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {
+            "round": 0,
+            "model_version": 0,
+            **dict(zip(("accuracy", "loss"), evaluator.evaluate(0), strict=True)),
+        }
+    ]
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("secure rounds", total=plan.rounds)
+        while len(rows) <= plan.rounds:
+            done = fed.wait_rounds(len(rows), 600)
+            latest = done[len(rows) - 1]
+            version = int(latest["model_version"]) + 1
+            accuracy, loss = evaluator.evaluate(version)
+            rows.append(
+                {
+                    "round": latest["id"],
+                    "model_version": version,
+                    "accuracy": accuracy,
+                    "loss": loss,
+                    "closed_at": latest["closed_at"],
+                }
+            )
+            bar.update(
+                task, advance=1, description=f"round {latest['id']}: test accuracy {accuracy:.3f}"
+            )
+    return rows
+
+
+def _report(console: Console, fed: LocalFederation, rows: list[dict[str, Any]]) -> None:
+    table = Table(title="global model after each SecAgg+ round (MNIST test split)")
+    for col in ("round", "model version", "test accuracy", "test loss"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            str(r["round"]), str(r["model_version"]), f"{r['accuracy']:.4f}", f"{r['loss']:.4f}"
+        )
+    console.print(table)
+    head = httpx.get(f"{fed.url}/v1/ledger/head", verify=fed._tls(), timeout=10).json()
+    metrics = fed.workdir / "metrics.json"
+    metrics.write_text(
+        json.dumps({"rounds": rows, "ledger_head": head, "server_rounds": fed.rounds()}, indent=2)
+    )
+    plot = _plot(fed.workdir / "accuracy.png", rows)
+    console.print(f"metrics: {metrics}\nplot:    {plot}")
+    console.print(
+        f"audit ledger: {head['tree_size']} entries, signed tree head root {head['root_hash'][:16]}… (ML-DSA-65); rows in table audit_entries"
+    )
+    console.print(f"logs:    {fed.workdir}/server.log, {fed.workdir}/node*.log")
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(
+        [r["round"] for r in rows],
+        [r["accuracy"] for r in rows],
+        marker="o",
+        label="SecAgg+ over HTTPS",
+    )
+    ax.set(
+        xlabel="round",
+        ylabel="test accuracy",
+        title=f"QFLARE demo: MNIST, {len(rows)} points, Dirichlet 0.5",
+        ylim=(0, 1),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_network_demo(console: Console, plan: DemoPlan) -> list[dict[str, Any]]:
+    """Start the federation, train ``plan.rounds`` rounds, report, shut everything down."""
+    console.rule("[bold]QFLARE demo: a secure federation on localhost")
+    start = time.perf_counter()
+    settings = {
+        "dataset": "mnist",
+        "min_clients": plan.nodes,
+        "max_clients": plan.nodes,
+        "max_rounds": plan.rounds,
+        "step_timeout_s": 120,
+        "round_interval_s": 0.2,
+        "signature_scheme": plan.scheme,
+        "max_total_weight": 10_000,
+    }
+    plan.workdir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(plan.workdir) / time.strftime("run-%Y%m%d-%H%M%S")
+    with LocalFederation(workdir, settings) as fed:
+        _start(console, fed, plan)
+        evaluator = Evaluator(workdir / "server" / "qflare.sqlite")
+        rows = _watch(console, fed, plan, evaluator)
+        _report(console, fed, rows)
+    console.print(f"all processes stopped; {time.perf_counter() - start:.0f} s in total")
+    return rows
