@@ -8,9 +8,11 @@ plus one more (unmask shares) in ``chronos-dm`` or, in ``chronos``, when a clien
 from __future__ import annotations
 
 import enum
-from typing import Any, Final
+from typing import Final
 
 import msgspec
+
+from qflare.protocol.messages import encode as encode  # one canonical codec for both families
 
 PROTOCOL_VERSION: Final = 1
 
@@ -181,14 +183,8 @@ class SharePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 ClientMessage = EpochKeys | EpochShares | EpochReady | MaskedInput | UnmaskShares
 ServerMessage = KeyDirectory | ShareRelay | RoundStart | UnmaskRequest
 
-_ENCODER = msgspec.msgpack.Encoder()
 _CLIENT_DECODER: msgspec.msgpack.Decoder[ClientMessage] = msgspec.msgpack.Decoder(ClientMessage)
 _SERVER_DECODER: msgspec.msgpack.Decoder[ServerMessage] = msgspec.msgpack.Decoder(ServerMessage)
-
-
-def encode(obj: msgspec.Struct | tuple[Any, ...]) -> bytes:
-    """Canonical msgpack encoding of a message, a payload or a transcript tuple."""
-    return _ENCODER.encode(obj)
 
 
 def decode_client(data: bytes) -> ClientMessage:
