@@ -162,3 +162,13 @@ def test_silent_device_becomes_dropout_after_deadline(tmp_path):
     assert weight == 30
     expected = sum(10 * n.delta.astype(np.float64) for n in nodes[:3])
     assert np.max(np.abs(total - expected)) <= weight / coord.quant.scale
+
+
+def test_classic_secagg_uses_the_complete_graph(tmp_path):
+    clock = Clock()
+    coord = _server(f"sqlite:///{tmp_path}/db.sqlite", tmp_path, clock)
+    coord.settings = coord.settings.model_copy(update={"k": None, "t": None, "protocol": "secagg"})
+    assert coord._graph_params(7) == (7, 4)
+    coord.settings = coord.settings.model_copy(update={"protocol": "secagg+"})
+    k, t = coord._graph_params(200)
+    assert k < 200 and 2 * t > k

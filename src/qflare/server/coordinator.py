@@ -266,6 +266,8 @@ class Coordinator:
     def _graph_params(self, n: int) -> tuple[int, int]:
         if self.settings.k is not None and self.settings.t is not None:
             return min(self.settings.k, n), min(self.settings.t, n)
+        if self.settings.protocol == "secagg":  # classic SecAgg: the complete graph
+            return n, max(2, n // 2 + 1) if n > 2 else n
         try:
             p = find_params(n, dropout_fraction=self.settings.dropout_estimate)
         except ValueError:  # too few clients to tolerate the planned dropouts: all must stay

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,7 +22,9 @@ class ServerSettings(BaseSettings):
         insecure: Serve plain HTTP (loudly warned; for tests on loopback only).
         dev: Development mode (allows default secrets).
         signature_scheme: Identity scheme of the server and devices.
-        model: Model architecture of the federation.
+        protocol: ``secagg+`` (sparse Harary graph, finder's k and t) or ``secagg`` (complete
+            graph). CHRONOS runs in the in-process harness only (not yet over HTTP).
+        model: Model architecture of the federation, or ``vector:D`` for a raw vector.
         dataset: Dataset the model is shaped for (``mnist`` or ``digits``).
         min_clients: Devices needed to open a round.
         max_clients: Devices sampled per round.
@@ -55,6 +58,7 @@ class ServerSettings(BaseSettings):
     insecure: bool = False
     dev: bool = False
     signature_scheme: str = "mldsa65"
+    protocol: Literal["secagg+", "secagg"] = "secagg+"
     model: str | None = None
     dataset: str = "mnist"
     min_clients: int = Field(default=3, ge=1)
