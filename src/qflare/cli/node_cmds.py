@@ -122,6 +122,12 @@ def run_cmd(
         typer.Option(help="TEST ONLY: seed masks and rounding (predictable to anyone)."),
     ] = None,
     poll_wait: Annotated[float, typer.Option(min=0.0, help="Long-poll seconds.")] = 10.0,
+    enclave: Annotated[
+        bool,
+        typer.Option(
+            "--enclave", help="Keep CHRONOS secrets in a simulated enclave (under --state-dir)."
+        ),
+    ] = False,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done."""
@@ -149,6 +155,7 @@ def run_cmd(
         max_rounds=max_rounds,
         seed=seed,
         poll_wait=poll_wait,
+        enclave=enclave,
     )
     stop = threading.Event()
     _install_stop_handlers(stop)

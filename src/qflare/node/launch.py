@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qflare.crypto import DeterministicRng, Rng, SignatureScheme, SystemRng
+from qflare.node.chronos import EnclaveKeystores
 from qflare.node.enroll import enroll
 from qflare.node.runner import NodeRunner, RunReport
 from qflare.node.session import NodeSession, RetryPolicy
@@ -96,6 +97,7 @@ class RunOptions:
         seed: TEST ONLY: seed the protocol randomness (masks, secrets, rounding).
         poll_wait: Long-poll duration in seconds.
         policy: Reconnection backoff.
+        enclave: Keep CHRONOS secrets in a simulated enclave (state under ``state_dir``).
     """
 
     state_dir: Path = DEFAULT_STATE_DIR
@@ -107,6 +109,7 @@ class RunOptions:
     seed: int | None = None
     poll_wait: float = 10.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    enclave: bool = False
 
 
 def enroll_node(options: EnrollOptions) -> DeviceRecord:
@@ -185,6 +188,7 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
         time.time,
         sleep,
         poll_wait=options.poll_wait,
+        keystores=EnclaveKeystores(state.root / "enclave") if options.enclave else None,
     )
     try:
         return runner.run(options.max_rounds, stop)

@@ -28,6 +28,12 @@ import msgspec
 import numpy as np
 
 from qflare.crypto import MaskPrg, RingVector, Rng, Signer, ring_dtype
+from qflare.node.chronos import (
+    ChronosParticipant,
+    EpochAbandonedError,
+    KeystoreProvider,
+    SoftwareKeystores,
+)
 from qflare.node.session import NodeFatalError, NodeStopped, TaskTransport
 from qflare.node.state import NodeState
 from qflare.node.trainer import Trainer
@@ -88,6 +94,7 @@ class NodeRunner:
         sleep: Blocking sleep (pauses after errors and ignored tasks).
         poll_wait: Long-poll duration in seconds (bounds how fast a stop request is noticed).
         pause_s: Pause after an error or a task that this node cannot answer.
+        keystores: Where CHRONOS epoch secrets live (default: software keystores in process).
     """
 
     def __init__(
@@ -101,6 +108,7 @@ class NodeRunner:
         *,
         poll_wait: float = 10.0,
         pause_s: float = 1.0,
+        keystores: KeystoreProvider | None = None,
     ) -> None:
         self.device_id = state.require_device().device_id
         self._signer: Signer = state.signer()
@@ -111,6 +119,14 @@ class NodeRunner:
         self._round: _Round | None = None
         self._prg: MaskPrg | None = None
         self.report = RunReport()
+        self.chronos = ChronosParticipant(
+            self.device_id,
+            self._signer,
+            trainer,
+            rng,
+            keystores or SoftwareKeystores(self._signer, rng),
+            clock,
+        )
 
     # ---- the loop -------------------------------------------------------------------------------
 
@@ -130,11 +146,13 @@ class NodeRunner:
             except NodeStopped:
                 break
             except NodeFatalError:
+                self.chronos.abandon(None)  # an enclave keystore shuts down
                 raise
             except TransportError as exc:
                 log.warning("transport error", extra={"error": type(exc).__name__, "why": str(exc)})
                 self._sleep(self.pause_s)
         log.info("node stopped", extra={"device": self.device_id, **vars(self.report)})
+        self.chronos.abandon(None)
         return self.report
 
     def run_once(self) -> bool:
@@ -163,10 +181,17 @@ class NodeRunner:
                 "result rejected",
                 extra={"round": result.round_id, "step": result.step, "code": exc.code},
             )
-            self._drop(f"server rejected step {result.step}: {exc.code}")
+            why = f"server rejected step {result.step}: {exc.code}"
+            if self.chronos.owns(result):
+                self.chronos.abandon(why)
+                self._count_drop(result.round_id, result.step, why)
+                return
+            self._drop(why)
             return
         else:
             self.report.results_sent += 1
+        if self.chronos.delivered(result):
+            self.report.completed += 1
         current = self._round
         if current is not None and current.client.state is State.COMPLETED:
             self._complete()
@@ -175,6 +200,12 @@ class NodeRunner:
 
     def handle(self, task: Task) -> SignedResult | None:
         """Compute the signed answer to ``task``; ``None`` if this node does not answer it."""
+        if task.chronos is not None:
+            try:
+                return self.chronos.handle(task, task.chronos)
+            except EpochAbandonedError as exc:
+                self._count_drop(task.round_id, task.step, f"CHRONOS epoch left: {exc}")
+                return None
         current = self._round
         if current is not None and current.round_id == task.round_id:
             if task.step == current.step and current.answer is not None:

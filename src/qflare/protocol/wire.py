@@ -9,9 +9,15 @@ import hashlib
 
 import msgspec
 
+from qflare.protocol.chronos.messages import EpochConfig, Mode
 from qflare.protocol.messages import PROTOCOL_VERSION, RoundConfig, decode_as, encode
 
 __all__ = [
+    "ChronosJoin",
+    "ChronosJoined",
+    "ChronosRound",
+    "ChronosSetup",
+    "ChronosTask",
     "EnrollRequest",
     "EnrollResponse",
     "RoundStart",
@@ -78,14 +84,87 @@ class RoundStart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     deadline: float
 
 
-class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One item a node pulls: a round start or an encoded server->client protocol message."""
+class ChronosJoin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """First task of a CHRONOS epoch: open a keystore, answer with :class:`ChronosJoined`.
+
+    Attributes:
+        client_index: The node's id inside the epoch.
+        mode: ``chronos`` or ``chronos-dm``.
+        signature_scheme: Identity scheme of the epoch keys' signatures.
+    """
+
+    version: int = PROTOCOL_VERSION
+    client_index: int
+    mode: Mode
+    signature_scheme: str
+
+
+class ChronosJoined(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A node's answer to :class:`ChronosJoin`: the identity key its keystore signs with.
+
+    It travels inside a :class:`SignedResult`, so the device's enrolled identity vouches for it
+    (an enclave-backed keystore makes its own identity key inside the enclave).
+    """
+
+    version: int = PROTOCOL_VERSION
+    identity_pk: bytes
+    enclave: bool = False
+
+
+class ChronosSetup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Second task of an epoch: its public parameters and the keystores' identity directory."""
+
+    version: int = PROTOCOL_VERSION
+    config: EpochConfig
+    identities: dict[int, bytes]
+
+
+class ChronosRound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Sent with a round's ``RoundStart``: what the node trains from and how it quantises."""
+
+    version: int = PROTOCOL_VERSION
+    model_version: int
+    weights: bytes
+    clip: float
+    max_total_weight: int
+    deadline: float
+
+
+class ChronosTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One CHRONOS step for a node: exactly one of ``join``, ``setup`` or ``message`` is set.
+
+    Attributes:
+        epoch: The epoch.
+        join: Open a keystore (step 0).
+        setup: Start the offline phase (step 1).
+        message: An encoded CHRONOS server message (later steps).
+        round: Training input, with a round's ``RoundStart`` message only.
+    """
+
+    version: int = PROTOCOL_VERSION
+    epoch: int
+    join: ChronosJoin | None = None
+    setup: ChronosSetup | None = None
+    message: bytes | None = None
+    round: ChronosRound | None = None
+
+
+class Task(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+):
+    """One item a node pulls: a round start or an encoded server->client protocol message.
+
+    SecAgg tasks set ``start`` or ``message``; CHRONOS tasks set ``chronos`` (then ``step``
+    counts the epoch's steps and ``round_id`` is the round in progress, or the epoch's first
+    round while offline). Unset fields are not encoded, so SecAgg tasks decode on older nodes.
+    """
 
     version: int = PROTOCOL_VERSION
     round_id: int
     step: int
     start: RoundStart | None = None
     message: bytes | None = None
+    chronos: ChronosTask | None = None
 
 
 class SignedResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from qflare import __version__
 from qflare.crypto import Rng, SystemRng
 from qflare.ledger import Ledger
+from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.context import ServerContext
 from qflare.server.coordinator import Coordinator
 from qflare.server.errors import install_error_handlers
@@ -39,7 +40,8 @@ def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng
     ledger = Ledger(SqlLedgerStore(factory))
     models = ModelStore(factory, settings.dataset, settings.model)
     models.ensure_initial(clock())
-    coordinator = Coordinator(settings, factory, ledger, models, clock, rng)
+    driver = ChronosCoordinator if settings.protocol.startswith("chronos") else Coordinator
+    coordinator = driver(settings, factory, ledger, models, clock, rng)
     coordinator.recover()
     return ServerContext(
         settings=settings,

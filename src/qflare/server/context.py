@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto import MlDsa65Signer, Rng
 from qflare.ledger import Ledger
+from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.coordinator import Coordinator
 from qflare.server.limits import RateLimiter
 from qflare.server.model import ModelStore
@@ -27,7 +28,7 @@ class ServerContext:
     factory: sessionmaker[Session]
     identity: MlDsa65Signer
     sessions: SessionTable
-    coordinator: Coordinator
+    coordinator: Coordinator | ChronosCoordinator
     ledger: Ledger
     models: ModelStore
     clock: Callable[[], float]

@@ -22,8 +22,9 @@ class ServerSettings(BaseSettings):
         insecure: Serve plain HTTP (loudly warned; for tests on loopback only).
         dev: Development mode (allows default secrets).
         signature_scheme: Identity scheme of the server and devices.
-        protocol: ``secagg+`` (sparse Harary graph, finder's k and t) or ``secagg`` (complete
-            graph). CHRONOS runs in the in-process harness only (not yet over HTTP).
+        protocol: ``secagg+`` (sparse Harary graph, finder's k and t), ``secagg`` (complete
+            graph), or ``chronos`` / ``chronos-dm`` (epochs: offline setup once, then rounds).
+        chronos_rounds_per_epoch: Rounds of one CHRONOS epoch.
         model: Model architecture of the federation, or ``vector:D`` for a raw vector.
         dataset: Dataset the model is shaped for (``mnist`` or ``digits``).
         min_clients: Devices needed to open a round.
@@ -58,7 +59,8 @@ class ServerSettings(BaseSettings):
     insecure: bool = False
     dev: bool = False
     signature_scheme: str = "mldsa65"
-    protocol: Literal["secagg+", "secagg"] = "secagg+"
+    protocol: Literal["secagg+", "secagg", "chronos", "chronos-dm"] = "secagg+"
+    chronos_rounds_per_epoch: int = Field(default=10, ge=1)
     model: str | None = None
     dataset: str = "mnist"
     min_clients: int = Field(default=3, ge=1)

@@ -1,0 +1,425 @@
+"""Drives CHRONOS epochs over HTTP-delivered messages (``protocol = "chronos" | "chronos-dm"``).
+
+An epoch is a fixed set of devices (the first ``min_clients..max_clients`` recently seen ones)
+and ``chronos_rounds_per_epoch`` rounds. Its steps are ordinary tasks: a *join* step (each node
+opens its keystore and answers with the identity key that keystore signs with -- an enclave
+makes its own), the three offline steps, then per round ``RoundStart`` (with the global model)
+and, when needed, the unmask step. Each round's exact sum is dequantised and applied with
+FedAvg, and the round row is closed, as for SecAgg.
+
+Every accepted message and every advance is written to the event log of the current round row
+(masked inputs as their sender only). **A restarted server does not resume a CHRONOS epoch**:
+the nodes' keystores cannot be rewound to a replayed server, and the log does not keep masked
+inputs, so :meth:`ChronosCoordinator.recover` aborts every open round row with a logged reason
+and the next epoch starts afresh (round ids keep increasing, so no enclave counter is reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+import msgspec
+from sqlalchemy.orm import Session, sessionmaker
+
+from qflare.crypto import Rng, SignatureScheme
+from qflare.ledger import Ledger
+from qflare.protocol.chronos import ChronosServer, EpochConfig, Mode, State
+from qflare.protocol.chronos import messages as cm
+from qflare.protocol.errors import ProtocolError, RemoteProtocolError
+from qflare.protocol.quantize import QuantConfig, dequantize
+from qflare.protocol.wire import (
+    ChronosJoin,
+    ChronosJoined,
+    ChronosRound,
+    ChronosSetup,
+    ChronosTask,
+    SignedResult,
+    Task,
+)
+from qflare.server.chronos_live import (
+    ChronosEpoch,
+    abort_row,
+    malformed,
+    put_round_row,
+    result_of,
+    verified_index,
+)
+from qflare.server.model import ModelStore
+from qflare.server.settings import ServerSettings
+from qflare.store import repos
+from qflare.store.models import Round
+
+__all__ = ["RESTART_ABORT", "ChronosCoordinator"]
+
+log = logging.getLogger("qflare.server")
+RESTART_ABORT = "server restarted: an interrupted CHRONOS epoch is not resumed"
+
+
+class ChronosCoordinator:
+    """The server's CHRONOS epoch driver; same public surface as :class:`Coordinator`.
+
+    Args:
+        settings: Server settings (``protocol`` is ``chronos`` or ``chronos-dm``).
+        factory: Database session factory.
+        ledger: Audit ledger.
+        models: Global model store.
+        clock: Current time.
+        rng: Randomness for graph seeds.
+    """
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        factory: sessionmaker[Session],
+        ledger: Ledger,
+        models: ModelStore,
+        clock: Callable[[], float],
+        rng: Rng,
+    ) -> None:
+        self.settings, self._factory, self._ledger, self._models = settings, factory, ledger, models
+        self._clock, self._rng = clock, rng
+        self.mode = Mode(settings.protocol)
+        self._lock = threading.RLock()
+        self._live: ChronosEpoch | None = None
+        self._seen: dict[str, float] = {}
+        self._last_close = 0.0
+        self.generation = 0  # bumped whenever tasks change
+        self._scheme = SignatureScheme(settings.signature_scheme)
+        self.quant = QuantConfig(settings.clip, 32, settings.max_total_weight)
+
+    # ---- queries --------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> ChronosEpoch | None:
+        """The epoch in progress, if any."""
+        return self._live
+
+    def seen(self, device_id: str, now: float) -> None:
+        """Record that a device polled (only recently seen devices join an epoch)."""
+        with self._lock:
+            self._seen[device_id] = now
+
+    def task_for(self, device_id: str) -> Task | None:
+        """The device's pending task, if any."""
+        with self._lock:
+            live = self._live
+            if live is None or device_id not in live.index_of:
+                return None
+            return live.task_for(live.index_of[device_id])
+
+    # ---- results --------------------------------------------------------------------------------
+
+    def submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
+        """Verify a signed result and feed it to the epoch.
+
+        Raises:
+            RemoteProtocolError: wrong round or step (409), bad signature (401), malformed or
+                rejected protocol message (400).
+        """
+        with self._lock:
+            live = self._live
+            index = verified_index(live, self._scheme, device_id, result, identity_pk)
+            assert live is not None
+            if live.machine is None:
+                self._accept_join(live, index, result.message)
+            else:
+                self._accept(live, live.machine, index, result.message)
+            if live.ready():
+                self._advance(live)
+
+    def _accept_join(self, live: ChronosEpoch, index: int, payload: bytes) -> None:
+        try:
+            joined = msgspec.msgpack.decode(payload, type=ChronosJoined)
+        except msgspec.MsgspecError as exc:
+            raise malformed("JOIN", index, exc) from exc
+        if index in live.joined:
+            return  # an identical retry (the step is still open)
+        live.joined[index] = joined.identity_pk
+        self._log(live, "message", index, payload)
+
+    def _accept(self, live: ChronosEpoch, machine: ChronosServer, index: int, data: bytes) -> None:
+        try:
+            msg = cm.decode_client(data)
+        except msgspec.MsgspecError as exc:
+            raise malformed(machine.state.value, index, exc) from exc
+        if msg.sender != index:
+            raise RemoteProtocolError(
+                "message sender is not this device",
+                state=machine.state.value,
+                client=index,
+                http_status=403,
+            )
+        was_pending = index in machine.pending()
+        try:
+            machine.handle(msg)
+        except ProtocolError:
+            self._log(live, "reject", index, None)
+            raise
+        if was_pending:  # masked inputs are summed, not kept: logged by sender only
+            masked = isinstance(msg, cm.MaskedInput)
+            self._log(live, "masked" if masked else "message", index, None if masked else data)
+
+    def _log(
+        self, live: ChronosEpoch, kind: str, sender: int | None, payload: bytes | None
+    ) -> None:
+        with self._factory() as db, db.begin():
+            repos.append_event(db, live.round_id, live.next_seq(), kind, sender, payload)
+            if kind == "advance" and live.machine is not None:
+                row = db.get(Round, live.round_id)
+                if row is not None and row.closed_at is None:
+                    row.state = live.machine.state.value
+
+    # ---- the clock ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Advance on deadlines, open rounds of the epoch, finish epochs, open new ones."""
+        now = self._clock()
+        with self._lock:
+            live = self._live
+            if live is None:
+                if now - self._last_close >= self.settings.round_interval_s:
+                    self._maybe_open(now)
+                return
+            if live.collecting():
+                if live.ready() or now >= live.deadline:
+                    self._advance(live)
+            elif live.machine is not None and live.machine.state is State.ON_IDLE:
+                if now - self._last_close >= self.settings.round_interval_s:
+                    self._open_round(live, live.machine, now)
+            else:
+                self._end_epoch(live, now, abort=None)
+
+    def _advance(self, live: ChronosEpoch) -> None:
+        now = self._clock()
+        machine = live.machine
+        if machine is None:
+            self._finish_join(live, now)
+            return
+        try:
+            out = machine.advance()
+        except ProtocolError as exc:
+            self._log(live, "advance", None, None)
+            if machine.state is State.ABORTED:
+                self._end_epoch(live, now, abort=str(exc))
+            else:  # only this round failed: the epoch goes on
+                self._close_round(live, machine, now, abort=str(exc))
+            return
+        self._log(live, "advance", None, None)
+        if out:
+            tasks = {
+                i: ChronosTask(epoch=live.epoch, message=cm.encode(msg)) for i, msg in out.items()
+            }
+            self._send(live, tasks, now)
+        elif live.in_round:
+            self._close_round(live, machine, now, abort=None)
+        else:  # offline phase done: the first round opens on the next tick
+            self.generation += 1
+
+    def _send(self, live: ChronosEpoch, tasks: dict[int, ChronosTask], now: float) -> None:
+        live.step += 1
+        live.outbox = tasks
+        live.deadline = now + self.settings.step_timeout_s
+        self.generation += 1
+
+    # ---- epochs ---------------------------------------------------------------------------------
+
+    def _completed_rounds(self) -> int:
+        with self._factory() as db:
+            return repos.count_rounds(db, "COMPLETED")
+
+    def _maybe_open(self, now: float) -> None:
+        rounds = self.settings.chronos_rounds_per_epoch
+        if self.settings.max_rounds:
+            rounds = min(rounds, self.settings.max_rounds - self._completed_rounds())
+            if rounds <= 0:
+                return
+        fresh = now - 2 * self.settings.long_poll_max_s - self.settings.step_timeout_s
+        with self._factory() as db:
+            devices = [d for d in repos.active_devices(db) if self._seen.get(d.id, -1.0) >= fresh]
+            first = repos.next_round_id(db)
+        devices = devices[: self.settings.max_clients]
+        if len(devices) < max(self.settings.min_clients, 2):
+            return
+        version, _ = self._models.latest()
+        ids = {d.client_index: d.id for d in devices}
+        with self._factory() as db, db.begin():
+            put_round_row(
+                db,
+                first,
+                state="JOIN",
+                config=b"",
+                devices=json.dumps(ids),
+                version=version,
+                now=now,
+                deadline=now + self.settings.step_timeout_s,
+            )
+        live = ChronosEpoch(first, rounds, ids, first, now + self.settings.step_timeout_s)
+        join = {
+            i: ChronosTask(
+                epoch=first,
+                join=ChronosJoin(
+                    client_index=i, mode=self.mode, signature_scheme=self._scheme.value
+                ),
+            )
+            for i in ids
+        }
+        live.outbox = join
+        self._live = live
+        self.generation += 1
+        self._ledger.append(
+            "epoch_open",
+            "server",
+            {"epoch": first, "mode": self.mode.value, "devices": len(ids), "rounds": rounds},
+            now,
+        )
+
+    def _params(self, n: int) -> tuple[int, int]:
+        if self.settings.k is not None and self.settings.t is not None:
+            return min(self.settings.k, n), min(self.settings.t, n)
+        return n, n // 2 + 1  # the complete graph; a majority threshold (2t > n for -dm)
+
+    def _finish_join(self, live: ChronosEpoch, now: float) -> None:
+        participants = tuple(sorted(live.joined))
+        if len(participants) < max(self.settings.min_clients, 2):
+            self._end_epoch(live, now, abort=f"{len(participants)} devices joined the epoch")
+            return
+        k, t = self._params(len(participants))
+        _, weights = self._models.latest()
+        try:
+            cfg = EpochConfig(
+                session="qflare",
+                epoch=live.epoch,
+                mode=self.mode,
+                participants=participants,
+                k=k,
+                t=t,
+                dim=weights.size + 1,
+                graph_seed=self._rng.random_bytes(16),
+                signature_scheme=self._scheme.value,
+                first_round=live.epoch,
+                rounds=live.rounds,
+            )
+            live.machine = ChronosServer(cfg, dict(live.joined))
+        except ProtocolError as exc:
+            self._end_epoch(live, now, abort=str(exc))
+            return
+        self._log(live, "advance", None, None)
+        with self._factory() as db, db.begin():
+            row = db.get(Round, live.round_id)
+            if row is not None:
+                row.config = cm.encode(cfg)
+        setup = ChronosSetup(config=cfg, identities=dict(live.joined))
+        tasks = {u: ChronosTask(epoch=live.epoch, setup=setup) for u in participants}
+        self._send(live, tasks, now)
+
+    def _end_epoch(self, live: ChronosEpoch, now: float, abort: str | None) -> None:
+        with self._factory() as db, db.begin():
+            abort_row(db, live.round_id, now, abort or "the epoch ended before this round")
+        self._last_close = now
+        self._live = None
+        self.generation += 1
+        self._ledger.append(
+            "epoch_complete" if abort is None else "epoch_abort",
+            "server",
+            {"epoch": live.epoch, "abort": abort},
+            now,
+        )
+
+    # ---- rounds ---------------------------------------------------------------------------------
+
+    def _open_round(self, live: ChronosEpoch, machine: ChronosServer, now: float) -> None:
+        round_id = live.next_round
+        if round_id not in machine.cfg.round_ids:
+            self._end_epoch(live, now, abort=None)
+            return
+        version, weights = self._models.latest()
+        try:
+            out = machine.open_round(round_id)
+        except ProtocolError as exc:
+            self._end_epoch(live, now, abort=str(exc))
+            return
+        deadline = now + self.settings.step_timeout_s
+        devices = json.dumps({i: live.devices[i] for i in out})
+        with self._factory() as db, db.begin():
+            if put_round_row(
+                db,
+                round_id,
+                state=machine.state.value,
+                config=cm.encode(machine.cfg),
+                devices=devices,
+                version=version,
+                now=now,
+                deadline=deadline,
+            ):
+                live.seq = 0  # a new row: its own event sequence
+        live.round_id, live.next_round, live.in_round = round_id, round_id + 1, True
+        info = ChronosRound(
+            model_version=version,
+            weights=weights.astype("<f4").tobytes(),
+            clip=self.quant.clip,
+            max_total_weight=self.quant.max_total_weight,
+            deadline=deadline,
+        )
+        tasks = {
+            u: ChronosTask(epoch=live.epoch, message=cm.encode(msg), round=info)
+            for u, msg in out.items()
+        }
+        self._send(live, tasks, now)
+        self._ledger.append(
+            "round_open",
+            "server",
+            {"round": round_id, "epoch": live.epoch, "clients": len(out), "model_version": version},
+            now,
+        )
+
+    def _close_round(
+        self, live: ChronosEpoch, machine: ChronosServer, now: float, abort: str | None
+    ) -> None:
+        result = result_of(machine.results, live.round_id)
+        total = result.total if result is not None and abort is None else None
+        version = None
+        with self._factory() as db, db.begin():
+            row = db.get(Round, live.round_id)
+            assert row is not None
+            row.state = "COMPLETED" if total is not None else "ABORTED"
+            row.closed_at, row.abort_reason = now, abort
+            if total is not None:
+                row.result = total.tobytes()
+                weighted, weight = dequantize(total, self.quant)
+                version = self._models.apply_fedavg(db, weighted, weight, live.round_id, now)
+        live.in_round, live.outbox = False, {}
+        self._last_close = now
+        self.generation += 1
+        payload: dict[str, str | int | float | bool | None] = {
+            "round": live.round_id,
+            "epoch": live.epoch,
+            "survivors": len(result.survivors) if result is not None else 0,
+            "model_version": version,
+            "abort": abort,
+        }
+        if total is not None:
+            payload["sum_sha256"] = hashlib.sha256(total.tobytes()).hexdigest()
+        self._ledger.append(
+            "round_complete" if total is not None else "round_abort", "server", payload, now
+        )
+        if machine.state is not State.ON_IDLE:
+            self._end_epoch(live, now, abort=None if machine.state is State.EPOCH_OVER else abort)
+
+    # ---- recovery -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Abort the rounds of an epoch interrupted by a restart (CHRONOS is not resumed)."""
+        now = self._clock()
+        with self._factory() as db, db.begin():
+            aborted = [r.id for r in repos.open_rounds(db)]
+            for round_id in aborted:
+                abort_row(db, round_id, now, RESTART_ABORT)
+        for round_id in aborted:
+            log.warning("aborting an interrupted round", extra={"round": round_id})
+            self._ledger.append(
+                "round_abort", "server", {"round": round_id, "abort": RESTART_ABORT}, now
+            )
