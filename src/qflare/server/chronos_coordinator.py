@@ -19,18 +19,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Callable
 
 import msgspec
 from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.crypto import Rng, SignatureScheme
+from qflare.crypto import Rng
 from qflare.ledger import Ledger
 from qflare.protocol.chronos import ChronosServer, EpochConfig, Mode, State
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.errors import ProtocolError, RemoteProtocolError
-from qflare.protocol.quantize import QuantConfig, dequantize
+from qflare.protocol.quantize import dequantize
 from qflare.protocol.wire import (
     ChronosJoin,
     ChronosJoined,
@@ -38,7 +37,6 @@ from qflare.protocol.wire import (
     ChronosSetup,
     ChronosTask,
     SignedResult,
-    Task,
 )
 from qflare.server.chronos_live import (
     ChronosEpoch,
@@ -48,6 +46,7 @@ from qflare.server.chronos_live import (
     result_of,
     verified_index,
 )
+from qflare.server.coordinator_base import CoordinatorBase
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
 from qflare.store import repos
@@ -59,7 +58,7 @@ log = logging.getLogger("qflare.server")
 RESTART_ABORT = "server restarted: an interrupted CHRONOS epoch is not resumed"
 
 
-class ChronosCoordinator:
+class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
     """The server's CHRONOS epoch driver; same public surface as :class:`Coordinator`.
 
     Args:
@@ -80,36 +79,8 @@ class ChronosCoordinator:
         clock: Callable[[], float],
         rng: Rng,
     ) -> None:
-        self.settings, self._factory, self._ledger, self._models = settings, factory, ledger, models
-        self._clock, self._rng = clock, rng
+        super().__init__(settings, factory, ledger, models, clock, rng)
         self.mode = Mode(settings.protocol)
-        self._lock = threading.RLock()
-        self._live: ChronosEpoch | None = None
-        self._seen: dict[str, float] = {}
-        self._last_close = 0.0
-        self.generation = 0  # bumped whenever tasks change
-        self._scheme = SignatureScheme(settings.signature_scheme)
-        self.quant = QuantConfig(settings.clip, 32, settings.max_total_weight)
-
-    # ---- queries --------------------------------------------------------------------------------
-
-    @property
-    def live(self) -> ChronosEpoch | None:
-        """The epoch in progress, if any."""
-        return self._live
-
-    def seen(self, device_id: str, now: float) -> None:
-        """Record that a device polled (only recently seen devices join an epoch)."""
-        with self._lock:
-            self._seen[device_id] = now
-
-    def task_for(self, device_id: str) -> Task | None:
-        """The device's pending task, if any."""
-        with self._lock:
-            live = self._live
-            if live is None or device_id not in live.index_of:
-                return None
-            return live.task_for(live.index_of[device_id])
 
     # ---- results --------------------------------------------------------------------------------
 

@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections.abc import Callable
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.crypto import CryptoError, Rng, SignatureScheme, verify_signature
-from qflare.ledger import Ledger
+from qflare.crypto import CryptoError, verify_signature
 from qflare.protocol import messages as m
 from qflare.protocol.errors import AbortReason, ProtocolError, RemoteProtocolError
 from qflare.protocol.graph import find_params
-from qflare.protocol.quantize import QuantConfig, dequantize
+from qflare.protocol.quantize import dequantize
 from qflare.protocol.secagg import SecAggServer, State
-from qflare.protocol.wire import UPDATE_CONTEXT, RoundStart, SignedResult, Task, result_transcript
+from qflare.protocol.wire import UPDATE_CONTEXT, RoundStart, SignedResult, result_transcript
+from qflare.server.coordinator_base import CoordinatorBase
 from qflare.server.live import LiveRound
-from qflare.server.model import ModelStore
-from qflare.server.settings import ServerSettings
 from qflare.store import repos
 from qflare.store.models import Round
 
 
-class Coordinator:
+class Coordinator(CoordinatorBase[LiveRound]):
     """The server's round driver (thread-safe; called from request handlers and a ticker).
 
     Args:
@@ -44,45 +39,6 @@ class Coordinator:
         clock: Current time.
         rng: Randomness for graph seeds.
     """
-
-    def __init__(
-        self,
-        settings: ServerSettings,
-        factory: sessionmaker[Session],
-        ledger: Ledger,
-        models: ModelStore,
-        clock: Callable[[], float],
-        rng: Rng,
-    ) -> None:
-        self.settings, self._factory, self._ledger, self._models = settings, factory, ledger, models
-        self._clock, self._rng = clock, rng
-        self._lock = threading.RLock()
-        self._live: LiveRound | None = None
-        self._seen: dict[str, float] = {}
-        self._last_close = 0.0
-        self.generation = 0  # bumped whenever tasks change (open, advance, close): cheap to watch
-        self._scheme = SignatureScheme(settings.signature_scheme)
-        self.quant = QuantConfig(settings.clip, 32, settings.max_total_weight)
-
-    # ---- queries --------------------------------------------------------------------------------
-
-    @property
-    def live(self) -> LiveRound | None:
-        """The round in progress, if any."""
-        return self._live
-
-    def seen(self, device_id: str, now: float) -> None:
-        """Record that a device polled (only recently seen devices are sampled)."""
-        with self._lock:
-            self._seen[device_id] = now
-
-    def task_for(self, device_id: str) -> Task | None:
-        """The device's pending task, if any."""
-        with self._lock:
-            live = self._live
-            if live is None or device_id not in live.index_of:
-                return None
-            return live.task_for(live.index_of[device_id])
 
     # ---- results --------------------------------------------------------------------------------
 
