@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from qflare.crypto import DeterministicRng, Shamir, SignatureScheme, SystemRng
+from qflare.crypto import (
+    DeterministicRng,
+    Ed25519Signer,
+    SecretBytes,
+    Shamir,
+    SignatureScheme,
+    SystemRng,
+)
 from qflare.protocol.chronos import EpochConfig, Mode, State, keys, recovery
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.errors import AbortReason, LocalProtocolError
@@ -25,6 +32,7 @@ from qflare.tee import (
     TrustedAppError,
     VerificationPolicy,
     reference_measurement,
+    report_data_for,
     storage_report,
 )
 from qflare.tee.chronos_host import EnclaveKeystore
@@ -203,6 +211,18 @@ def test_identity_key_attestation_refuses_simulated_and_forged_evidence(stack, t
         AttestationFailure.BAD_SIGNATURE,
         AttestationFailure.MALFORMED,
     }
+
+
+def test_host_cannot_get_evidence_over_a_key_it_made(stack, tmp_path, root):
+    """A compromised host asks the enclave to vouch for its own key: the TA refuses."""
+    store = EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME, provisioner=root)
+    stack.callback(store.close)
+    host_key = Ed25519Signer(SecretBytes(b"\x05" * 32)).public_key
+    with pytest.raises(AttestationError) as info:
+        store.enclave.evidence(report_data_for(host_key, b"\x09" * 32))
+    assert info.value.reason is AttestationFailure.KEY_BINDING
+    own = store.enclave.evidence(report_data_for(store.identity_public_key, b"\x09" * 32))
+    assert own  # the identity key made inside is still attestable
 
 
 def test_trusted_storage_is_small_and_flat_in_model_size(stack, tmp_path):

@@ -9,7 +9,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from qflare.crypto import DeterministicRng, Ed25519Signer, SignatureScheme, SystemRng
+from qflare.crypto import (
+    DeterministicRng,
+    Ed25519Signer,
+    SecretBytes,
+    SignatureScheme,
+    SystemRng,
+)
 from qflare.tee import (
     AttestationError,
     AttestationFailure,
@@ -105,6 +111,20 @@ def test_wrong_key_binding_is_refused(
     with pytest.raises(AttestationError) as excinfo:
         verifier.verify(evidence, public_key=b"\x01" * 32, nonce=nonce)  # a MITM's key
     assert _reason(excinfo) is AttestationFailure.KEY_BINDING
+
+
+def test_enclave_refuses_to_bind_a_key_it_does_not_hold(
+    enclave: SimEnclave, enclave_key: bytes
+) -> None:
+    """The host cannot get the TA's measurement vouching for a key the host made."""
+    host_key = Ed25519Signer(SecretBytes(b"\x03" * 32)).public_key
+    with pytest.raises(AttestationError) as excinfo:
+        enclave.evidence(report_data_for(host_key, b"\x07" * 32))
+    assert _reason(excinfo) is AttestationFailure.KEY_BINDING
+    with pytest.raises(AttestationError) as excinfo:
+        enclave.evidence(b"\x00" * 64)
+    assert _reason(excinfo) is AttestationFailure.KEY_BINDING
+    assert enclave.evidence(report_data_for(enclave_key, b"\x07" * 32))
 
 
 def test_stale_nonces_are_refused(

@@ -14,6 +14,7 @@ from qflare.tee.attestation import (
     AttestationVerifier,
     EvidenceClaims,
     VerificationPolicy,
+    key_digest,
     report_data_for,
     verify_evidence,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "VerificationPolicy",
     "call",
     "reference_measurement",
+    "key_digest",
     "report_data_for",
     "storage_report",
     "verify_evidence",

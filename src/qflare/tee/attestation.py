@@ -103,11 +103,16 @@ def sign_evidence(claims: EvidenceClaims, signer: Signer, chain: Sequence[bytes]
     return msgspec.msgpack.encode(envelope)
 
 
+def key_digest(public_key: bytes) -> bytes:
+    """``SHA-256(domain || public_key)``: the key half of ``report_data``."""
+    return hashlib.sha256(_KEY_HASH_DOMAIN + public_key).digest()
+
+
 def report_data_for(public_key: bytes, nonce: bytes) -> bytes:
-    """``SHA-256(domain || public_key) || nonce``: binds a key and a challenge into evidence."""
+    """``key_digest(public_key) || nonce``: binds a key and a challenge into evidence."""
     if len(nonce) != NONCE_BYTES:
         raise ValueError("nonce must be 32 bytes")
-    return hashlib.sha256(_KEY_HASH_DOMAIN + public_key).digest() + nonce
+    return key_digest(public_key) + nonce
 
 
 @dataclass(frozen=True, slots=True)

@@ -378,6 +378,10 @@ class ChronosTa:
         message = self._need().release(params.request)
         return ReleaseResult(message=message, sealed=self._seal())
 
+    def held_keys(self) -> tuple[bytes, ...]:
+        """The identity public key, once a device is open (the key evidence may bind)."""
+        return () if self._core is None else (self._core.identity_public_key,)
+
     def status(self, params: Empty) -> Status:
         """Counter, phase and precomputed-mask memory."""
         core = self._need()
@@ -401,4 +405,5 @@ def build(ctx: TaContext) -> CommandTable:
     table.register(MASK, _guard(ta.mask))
     table.register(RELEASE, _guard(ta.release))
     table.register(STATUS, _guard(ta.status))
+    table.vouch_for(ta.held_keys)
     return table

@@ -206,6 +206,10 @@ class KeyVault(NoPickle):
         ciphertext = aead.seal(params.plaintext, aad=params.aad, sequence=0)
         return AgreeCiphertext(salt=salt, ciphertext=ciphertext)
 
+    def public_keys(self) -> tuple[bytes, ...]:
+        """Public halves of the loaded keys (the keys evidence may bind)."""
+        return tuple(_public(key) for key in self._keys.values())
+
 
 def build(ctx: TaContext) -> CommandTable:
     """Register the key vault's handlers (runs inside the enclave process)."""
@@ -215,4 +219,5 @@ def build(ctx: TaContext) -> CommandTable:
     table.register(LOAD, vault.load)
     table.register(SIGN, vault.sign)
     table.register(AGREE_ENCRYPT, vault.agree_encrypt)
+    table.vouch_for(vault.public_keys)
     return table

@@ -7,6 +7,7 @@ process; the host sees only the frames of :mod:`qflare.tee.wire`.
 
 from __future__ import annotations
 
+import hmac
 import importlib
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from qflare.crypto import (
     hkdf,
 )
 from qflare.tee import wire
-from qflare.tee.attestation import EvidenceClaims, sign_evidence
+from qflare.tee.attestation import EvidenceClaims, key_digest, sign_evidence
 from qflare.tee.certs import parse_certificate
 from qflare.tee.errors import (
     AttestationError,
@@ -267,6 +268,7 @@ class EnclaveRuntime(NoPickle):
             raise AttestationError(
                 AttestationFailure.NOT_PROVISIONED, "platform has no certificate; provision it"
             )
+        self._check_key_binding(report_data)
         chain = msgspec.msgpack.decode(path.read_bytes(), type=tuple[bytes, ...])
         claims = EvidenceClaims(
             measurement=self.measurement,
@@ -278,3 +280,12 @@ class EnclaveRuntime(NoPickle):
             ta_version=self._boot.ta_version,
         )
         return sign_evidence(claims, self._platform, chain)
+
+    def _check_key_binding(self, report_data: bytes) -> None:
+        """Refuse report data that binds a key the TA does not hold (see ``vouch_for``)."""
+        wanted = report_data[: REPORT_DATA_BYTES // 2]
+        if not any(hmac.compare_digest(key_digest(k), wanted) for k in self._table.held_keys()):
+            raise AttestationError(
+                AttestationFailure.KEY_BINDING,
+                "report data binds a key the trusted application does not hold",
+            )

@@ -24,7 +24,7 @@ The host then calls ``call(enclave, PING, Ping(data=b"x"))`` and gets a typed ``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -144,6 +144,20 @@ class CommandTable:
     def __init__(self, manifest: TaManifest) -> None:
         self.manifest = manifest
         self._handlers: dict[int, tuple[Command[Any, Any], _Handler]] = {}
+        self._held_keys: Callable[[], Iterable[bytes]] = tuple
+
+    def vouch_for(self, held_keys: Callable[[], Iterable[bytes]]) -> None:
+        """Name the public keys whose private halves this TA holds.
+
+        Evidence binds only these keys: the runtime refuses ``report_data`` whose key half is
+        not the digest of one of them, so a compromised host cannot get the TA's measurement
+        vouching for a key the host made itself. A TA that registers nothing can attest no key.
+        """
+        self._held_keys = held_keys
+
+    def held_keys(self) -> tuple[bytes, ...]:
+        """The public keys the TA currently vouches for."""
+        return tuple(self._held_keys())
 
     def register(self, command: Command[P, R], handler: Callable[[P], R]) -> None:
         """Register ``handler`` for ``command`` (once per command)."""
