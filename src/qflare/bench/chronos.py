@@ -248,6 +248,16 @@ def _offline(measured: _Measured, model: NetworkModel) -> dict[str, Any]:
     }
 
 
+def emulated_active_phase(
+    cfg: ChronosBenchConfig, progress: Callable[[str], None] | None = None
+) -> dict[str, dict[str, float]]:
+    """Median active phase of each protocol under the first RTT of ``cfg`` (in-process runs)."""
+    k, t = resolve_kt(cfg)
+    measured = _measure(cfg, k, t, progress or (lambda _: None))
+    model = NetworkModel(cfg.rtt_ms[0] / 1000, cfg.uplink_mbps, cfg.downlink_mbps)
+    return {name: _median_timeline(runs, model) for name, runs in measured.first.items()}
+
+
 def run_chronos_bench(
     cfg: ChronosBenchConfig, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:

@@ -256,9 +256,9 @@ def enclave_device(cfg: EpochConfig, seed: int, inputs: InputFn) -> dict[str, ob
 
 
 def chronos_config(
-    mode: Mode, n: int, k: int, t: int, dim: int, scheme: str, epoch: int
+    mode: Mode, n: int, k: int, t: int, dim: int, scheme: str, epoch: int, rounds: int = 2
 ) -> EpochConfig:
-    """The epoch of one benchmark repeat (two rounds: fresh dropouts, then steady state)."""
+    """The epoch of one benchmark repeat (default two rounds: fresh dropouts, then steady)."""
     return EpochConfig(
         session="bench",
         epoch=epoch,
@@ -270,7 +270,7 @@ def chronos_config(
         graph_seed=epoch.to_bytes(16, "big"),
         signature_scheme=scheme,
         first_round=1,
-        rounds=2,
+        rounds=rounds,
     )
 
 

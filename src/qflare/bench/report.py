@@ -94,6 +94,26 @@ def chronos_rows(bench_dir: Path) -> list[str]:
     return rows
 
 
+def chronos_net_rows(bench_dir: Path) -> list[str]:
+    """Markdown rows for the real-socket confirmation points (``qflare bench chronos-net``)."""
+    rows = []
+    for name in ("chronos_net_n20_d100k.json", "chronos_net_n20_d100k_1gbit.json"):
+        data = _load(bench_dir / name)
+        if data is None:
+            continue
+        cfg, real, model = data["config"], data["real"], data["model"]
+        red, mred = (
+            data["reduction_vs_secagg_plus"]["real"],
+            data["reduction_vs_secagg_plus"]["model"],
+        )
+        ok = red["chronos"] >= 0.8 and red["chronos_dm"] >= 0.6 and all(data["exact_sum"].values())
+        link = f"{cfg['uplink_mbps']:g} Mbit/s up"
+        rows.append(
+            f"| CHRONOS over real sockets ({data['shaping']}), n={cfg['clients']}, d={cfg['dim']:,}, {link}, RTT {cfg['rtt_ms']:g} ms | SecAgg+ {real['secagg_plus']['active_s_median']:.3f} s (model {model['secagg_plus']['total_s']:.3f}); chronos {_pct(red['chronos'])} (model {_pct(mred['chronos'])}); chronos-dm {_pct(red['chronos_dm'])} (model {_pct(mred['chronos_dm'])}) | chronos ≤ -80 %, -dm ≤ -60 % | {'met' if ok else 'NOT met'} |"
+        )
+    return rows
+
+
 def server_rows(bench_dir: Path) -> list[str]:
     """Markdown rows for the server targets."""
     data = _load(bench_dir / "server.json")
@@ -154,5 +174,5 @@ def render(bench_dir: Path) -> str:
         lines.append(
             f"| iDLG PSNR, masked upload | {res['masked']['mean_psnr_db']:.1f} dB, labels {res['masked']['label_accuracy']:.2f} | ≤ 6 dB | {'met' if res['masked']['mean_psnr_db'] <= 6 else 'NOT met'} |"
         )
-    lines += chronos_rows(bench_dir) + server_rows(bench_dir)
+    lines += chronos_rows(bench_dir) + chronos_net_rows(bench_dir) + server_rows(bench_dir)
     return "\n".join(lines)

@@ -324,6 +324,56 @@ def bench_chronos(
     typer.echo(text)
 
 
+@bench_app.command("chronos-net")
+def bench_chronos_net(
+    clients: Annotated[int, typer.Option(help="Number of clients n (one process each).")] = 20,
+    dim: Annotated[int, typer.Option(help="Update length d.")] = 100_000,
+    k: Annotated[
+        int | None, typer.Option(help="Closed-neighbourhood size; default: finder.")
+    ] = None,
+    t: Annotated[int | None, typer.Option(help="Shamir threshold; default: finder.")] = None,
+    rtt_ms: Annotated[float, typer.Option(help="Round-trip time, ms.")] = 50.0,
+    uplink_mbps: Annotated[float, typer.Option(help="Client uplink, Mbit/s.")] = 20.0,
+    downlink_mbps: Annotated[float, typer.Option(help="Client downlink, Mbit/s.")] = 100.0,
+    scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
+    repeat: Annotated[int, typer.Option(help="Rounds per protocol (medians reported).")] = 3,
+    loopback: Annotated[
+        bool, typer.Option(help="Loopback with delay only (no root: no bandwidth shaping).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Confirm one CHRONOS / SecAgg+ point over real sockets in network namespaces (root)."""
+    from qflare.bench.chronos_net import NetBenchConfig, run_net_bench
+
+    cfg = NetBenchConfig(
+        clients=clients,
+        dim=dim,
+        k=k,
+        t=t,
+        rtt_ms=rtt_ms,
+        uplink_mbps=uplink_mbps,
+        downlink_mbps=downlink_mbps,
+        scheme=scheme,
+        repeat=repeat,
+        netns=not loopback,
+    )
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
+    ) as bar:
+        task = bar.add_task("chronos-net bench")
+        try:
+            result = run_net_bench(cfg, progress=lambda s: bar.update(task, description=s))
+        except RuntimeError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+    text = json.dumps(result, indent=2)
+    if output is not None:
+        output.write_text(text)
+    typer.echo(text)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
