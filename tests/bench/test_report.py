@@ -1,4 +1,4 @@
-"""The generated benchmark table says met / NOT met from the JSON, not from prose."""
+"""Benchmark reports: the table judges targets from the JSON; the storage sweep is flat in d."""
 
 from __future__ import annotations
 
@@ -32,3 +32,15 @@ def test_real_socket_rows_judge_the_targets(tmp_path: Path) -> None:
     _net(tmp_path / "chronos_net_n20_d100k.json", 0.85, 0.65, exact=False)
     assert chronos_net_rows(tmp_path)[0].endswith("| NOT met |")
     assert "CHRONOS over real sockets" in render(tmp_path)
+
+
+def test_storage_bench_is_flat_in_d_and_judged() -> None:
+    from qflare.bench.chronos_storage import run_storage_bench
+    from qflare.protocol.chronos import Mode
+
+    report = run_storage_bench(clients=3, dims=(500, 20_000), mode=Mode.CHRONOS, scheme="ed25519")
+    secure = [p["secure_storage_bytes"] for p in report["points"]]
+    assert secure[0] == secure[1] < 700 and report["flat_in_d"]
+    assert all(p["exact_sum"] for p in report["points"]) and report["target"]["met"]
+    # the round's masks are held in enclave RAM, never in trusted storage
+    assert [p["enclave_ram_precomputed_bytes"] for p in report["points"]] == [4 * 501, 4 * 20_001]

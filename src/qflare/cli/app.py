@@ -324,6 +324,42 @@ def bench_chronos(
     typer.echo(text)
 
 
+@bench_app.command("chronos-storage")
+def bench_chronos_storage(
+    clients: Annotated[int, typer.Option(help="Number of clients n.")] = 20,
+    dims: Annotated[
+        str, typer.Option(help="Model sizes d, comma-separated.")
+    ] = "10000,100000,1000000,10000000",
+    mode: Annotated[str, typer.Option(help="chronos or chronos-dm.")] = "chronos-dm",
+    scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Trusted storage and sealed state of one simulated-enclave CHRONOS device across d."""
+    from qflare.bench.chronos_storage import run_storage_bench
+    from qflare.protocol.chronos import Mode
+
+    try:
+        sizes = [int(v) for v in dims.split(",") if v.strip()]
+        chosen = Mode(mode)
+    except ValueError:
+        raise typer.BadParameter("--dims takes integers; --mode chronos or chronos-dm") from None
+    if not sizes or min(sizes) < 1:
+        raise typer.BadParameter("--dims needs positive sizes")
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
+    ) as bar:
+        task = bar.add_task("chronos storage")
+        result = run_storage_bench(
+            clients, sizes, chosen, scheme, progress=lambda s: bar.update(task, description=s)
+        )
+    text = json.dumps(result, indent=2)
+    if output is not None:
+        output.write_text(text)
+    typer.echo(text)
+
+
 @bench_app.command("chronos-net")
 def bench_chronos_net(
     clients: Annotated[int, typer.Option(help="Number of clients n (one process each).")] = 20,
