@@ -92,7 +92,7 @@ def chronos_rows(bench_dir: Path) -> list[str]:
         dims = sweep["config"]["dims"]
         sealed = [p["sealed_state_bytes"] for p in sweep["points"]]
         rows.append(
-            f"| CHRONOS trusted storage per device (simulated enclave), n={sweep['config']['clients']}, d = {min(dims):,} … {max(dims):,} | {sweep['secure_storage_bytes_max']} B at every d (flat: {sweep['flat_in_d']}); host-held sealed state {min(sealed):,}–{max(sealed):,} B | < 700 B, flat in d | {'met' if sweep['target']['met'] else 'NOT met'} |"
+            f"| CHRONOS trusted storage per device (simulated enclave), n={sweep['config']['clients']}, d = {min(dims):,} … {max(dims):,} | {sweep['secure_storage_bytes_max']} B at every d (flat: {sweep['flat_in_d']}); host-held sealed state {min(sealed):,} to {max(sealed):,} B | < 700 B, flat in d | {'met' if sweep['target']['met'] else 'NOT met'} |"
         )
     return rows
 

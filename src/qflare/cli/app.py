@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qflare.bench.report import render
+from qflare.cli.bench_chronos import register as register_bench_chronos
 from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.node_cmds import node_app
 from qflare.cli.server_cmds import register as register_server_commands
@@ -27,6 +28,7 @@ attack_app = typer.Typer(
 )
 app.add_typer(attack_app, name="attack")
 register_bench_server(bench_app)
+register_bench_chronos(bench_app)
 register_server_commands(app)
 app.add_typer(node_app, name="node")
 _STAGES = ["R0_ADVERTISE_KEYS", "R1_SHARE_KEYS", "R2_MASKED_INPUT", "R3_CONSISTENCY", "R4_UNMASK"]
@@ -261,153 +263,6 @@ def bench_report(
 ) -> None:
     """Print the markdown table of measured figures against the targets."""
     typer.echo(render(bench_dir))
-
-
-def _parse_rtts(values: list[str]) -> tuple[float, ...]:
-    try:
-        rtts = tuple(float(v) for item in values for v in item.split(",") if v.strip())
-    except ValueError:
-        raise typer.BadParameter("--rtt-ms takes numbers, repeated or comma-separated") from None
-    if not rtts or any(r < 0 for r in rtts):
-        raise typer.BadParameter("--rtt-ms needs at least one non-negative value")
-    return rtts
-
-
-@bench_app.command("chronos")
-def bench_chronos(
-    clients: Annotated[int, typer.Option(help="Number of clients n.")] = 20,
-    dim: Annotated[int, typer.Option(help="Update length d (float32 parameters).")] = 100_000,
-    k: Annotated[
-        int | None, typer.Option(help="Closed-neighbourhood size; default: finder.")
-    ] = None,
-    t: Annotated[int | None, typer.Option(help="Shamir threshold; default: finder.")] = None,
-    dropout: Annotated[float, typer.Option(help="Fraction of clients that drop.")] = 0.0,
-    rtt_ms: Annotated[
-        list[str] | None, typer.Option(help="Round-trip time(s) in ms: repeat or comma-separate.")
-    ] = None,
-    uplink_mbps: Annotated[float, typer.Option(help="Client uplink, Mbit/s.")] = 20.0,
-    downlink_mbps: Annotated[float, typer.Option(help="Client downlink, Mbit/s.")] = 100.0,
-    scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
-    repeat: Annotated[int, typer.Option(help="Repeats (medians are reported).")] = 3,
-    enclave: Annotated[
-        bool, typer.Option(help="Also measure one device on the simulated enclave.")
-    ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
-) -> None:
-    """Active-phase latency of CHRONOS, CHRONOS-DM and SecAgg+ under a network model."""
-    from qflare.bench.chronos import ChronosBenchConfig, run_chronos_bench
-
-    rtts = _parse_rtts(rtt_ms or ["50", "200"])
-    cfg = ChronosBenchConfig(
-        clients=clients,
-        dim=dim,
-        k=k,
-        t=t,
-        dropout=dropout,
-        rtt_ms=rtts,
-        uplink_mbps=uplink_mbps,
-        downlink_mbps=downlink_mbps,
-        scheme=scheme,
-        repeat=repeat,
-        enclave=enclave,
-    )
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
-    ) as bar:
-        task = bar.add_task("chronos bench")
-        result = run_chronos_bench(cfg, progress=lambda s: bar.update(task, description=s))
-    text = json.dumps(result, indent=2)
-    if output is not None:
-        output.write_text(text)
-    typer.echo(text)
-
-
-@bench_app.command("chronos-storage")
-def bench_chronos_storage(
-    clients: Annotated[int, typer.Option(help="Number of clients n.")] = 20,
-    dims: Annotated[
-        str, typer.Option(help="Model sizes d, comma-separated.")
-    ] = "10000,100000,1000000,10000000",
-    mode: Annotated[str, typer.Option(help="chronos or chronos-dm.")] = "chronos-dm",
-    scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
-) -> None:
-    """Trusted storage and sealed state of one simulated-enclave CHRONOS device across d."""
-    from qflare.bench.chronos_storage import run_storage_bench
-    from qflare.protocol.chronos import Mode
-
-    try:
-        sizes = [int(v) for v in dims.split(",") if v.strip()]
-        chosen = Mode(mode)
-    except ValueError:
-        raise typer.BadParameter("--dims takes integers; --mode chronos or chronos-dm") from None
-    if not sizes or min(sizes) < 1:
-        raise typer.BadParameter("--dims needs positive sizes")
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
-    ) as bar:
-        task = bar.add_task("chronos storage")
-        result = run_storage_bench(
-            clients, sizes, chosen, scheme, progress=lambda s: bar.update(task, description=s)
-        )
-    text = json.dumps(result, indent=2)
-    if output is not None:
-        output.write_text(text)
-    typer.echo(text)
-
-
-@bench_app.command("chronos-net")
-def bench_chronos_net(
-    clients: Annotated[int, typer.Option(help="Number of clients n (one process each).")] = 20,
-    dim: Annotated[int, typer.Option(help="Update length d.")] = 100_000,
-    k: Annotated[
-        int | None, typer.Option(help="Closed-neighbourhood size; default: finder.")
-    ] = None,
-    t: Annotated[int | None, typer.Option(help="Shamir threshold; default: finder.")] = None,
-    rtt_ms: Annotated[float, typer.Option(help="Round-trip time, ms.")] = 50.0,
-    uplink_mbps: Annotated[float, typer.Option(help="Client uplink, Mbit/s.")] = 20.0,
-    downlink_mbps: Annotated[float, typer.Option(help="Client downlink, Mbit/s.")] = 100.0,
-    scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
-    repeat: Annotated[int, typer.Option(help="Rounds per protocol (medians reported).")] = 3,
-    loopback: Annotated[
-        bool, typer.Option(help="Loopback with delay only (no root: no bandwidth shaping).")
-    ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
-) -> None:
-    """Confirm one CHRONOS / SecAgg+ point over real sockets in network namespaces (root)."""
-    from qflare.bench.chronos_net import NetBenchConfig, run_net_bench
-
-    cfg = NetBenchConfig(
-        clients=clients,
-        dim=dim,
-        k=k,
-        t=t,
-        rtt_ms=rtt_ms,
-        uplink_mbps=uplink_mbps,
-        downlink_mbps=downlink_mbps,
-        scheme=scheme,
-        repeat=repeat,
-        netns=not loopback,
-    )
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
-    ) as bar:
-        task = bar.add_task("chronos-net bench")
-        try:
-            result = run_net_bench(cfg, progress=lambda s: bar.update(task, description=s))
-        except RuntimeError as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
-    text = json.dumps(result, indent=2)
-    if output is not None:
-        output.write_text(text)
-    typer.echo(text)
 
 
 def main() -> None:
