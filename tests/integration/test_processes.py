@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import time
@@ -68,6 +69,21 @@ def test_six_nodes_three_rounds_over_tls_one_node_killed(tmp_path: Path) -> None
     _check_sum(fed, 3, list(range(5)))
 
 
+def _delivered(text: str, round_id: int, step: int) -> bool:
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if (entry.get("msg"), entry.get("round"), entry.get("step")) == (
+            "answer delivered",
+            round_id,
+            step,
+        ):
+            return True
+    return False
+
+
 def _pause_after(
     fed: LocalFederation,
     node: int,
@@ -76,12 +92,15 @@ def _pause_after(
     round_id: int = 1,
     sig: int = signal.SIGSTOP,
 ) -> None:
-    """Send ``sig`` to ``node`` as soon as its log shows it answered ``step`` of ``round_id``."""
+    """Send ``sig`` to ``node`` once its log shows the server accepted its ``step`` answer.
+
+    Waiting for the delivery (not for the answer being computed) keeps the signal from landing
+    between computing and sending, which would freeze the node one step earlier than meant.
+    """
     log = fed.workdir / f"node{node}.log"
-    needle = f'"answer ready", "round": {round_id}, "step": {step},'
     end = time.time() + timeout_s
     while time.time() < end:
-        if log.exists() and needle in log.read_text():
+        if log.exists() and _delivered(log.read_text(), round_id, step):
             fed.nodes[node].send_signal(sig)
             return
         time.sleep(0.002)

@@ -190,6 +190,7 @@ class NodeRunner:
             return
         else:
             self.report.results_sent += 1
+            log.info("answer delivered", extra={"round": result.round_id, "step": result.step})
         if self.chronos.delivered(result):
             self.report.completed += 1
         current = self._round
