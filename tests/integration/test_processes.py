@@ -28,13 +28,13 @@ SETTINGS = {
 
 
 def _result(fed: LocalFederation, round_id: int) -> np.ndarray:
-    with sqlite3.connect(fed.workdir / "server" / "qflare.sqlite") as db:
+    with sqlite3.connect(fed.workdir / "server" / "qflare.sqlite", timeout=60) as db:
         (blob,) = db.execute("SELECT result FROM rounds WHERE id = ?", (round_id,)).fetchone()
     return np.frombuffer(blob, dtype=np.uint32).copy()
 
 
 def _devices(fed: LocalFederation, round_id: int) -> int:
-    with sqlite3.connect(fed.workdir / "server" / "qflare.sqlite") as db:
+    with sqlite3.connect(fed.workdir / "server" / "qflare.sqlite", timeout=60) as db:
         (count,) = db.execute(
             "SELECT count(*) FROM round_events WHERE round_id = ? AND kind = 'masked'", (round_id,)
         ).fetchone()
@@ -43,7 +43,7 @@ def _devices(fed: LocalFederation, round_id: int) -> int:
 
 def _participants(fed: LocalFederation, round_id: int, nodes: int) -> list[int]:
     """Indices of the nodes the server sampled for ``round_id``."""
-    with sqlite3.connect(fed.workdir / "server" / "qflare.sqlite") as db:
+    with sqlite3.connect(fed.workdir / "server" / "qflare.sqlite", timeout=60) as db:
         (devices,) = db.execute("SELECT devices FROM rounds WHERE id = ?", (round_id,)).fetchone()
     node_of = {
         json.loads((fed.workdir / f"node{i}" / "device.json").read_text())["device_id"]: i
