@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,6 +105,12 @@ def _spawn(
 def _collect(
     server: subprocess.Popen[str], clients: list[subprocess.Popen[str]], logs: Sequence[IO[str]]
 ) -> dict[str, Any]:
+    while server.poll() is None:  # a client that fails would leave the server waiting for it
+        failed = next((i for i, c in enumerate(clients) if c.poll() not in (None, 0)), None)
+        if failed is not None:
+            server.kill()
+            raise RuntimeError(f"client {failed} failed: {_tail(logs[failed + 1])}")
+        time.sleep(0.1)
     out, _ = server.communicate()
     if server.returncode != 0:
         raise RuntimeError(
