@@ -31,8 +31,12 @@ class Enclave(Protocol):
     def evidence(self, report_data: bytes) -> bytes:
         """Return signed attestation evidence binding ``report_data`` (64 bytes).
 
+        ``report_data`` is ``key_digest(public_key) || nonce``; the enclave signs it only for a
+        key the trusted application holds (a backend fills it in the TA, as SGX's EREPORT does).
+
         Raises:
-            AttestationError: the platform cannot attest (e.g. not provisioned).
+            AttestationError: the platform cannot attest (e.g. not provisioned), or the key half
+                names a key the trusted application does not hold (``KEY_BINDING``).
         """
         ...
 
