@@ -17,6 +17,10 @@ class AbortReason(enum.StrEnum):
     MALFORMED_MESSAGE = "malformed_message"
     RECONSTRUCTION_FAILED = "reconstruction_failed"
     ROUND_REUSED = "round_reused"
+    BAD_CERTIFICATE = "bad_certificate"
+    PARAMS_REFUSED = "params_refused"
+    SEED_WITHHELD = "seed_withheld"
+    BAD_SHARE = "bad_share"
 
 
 class ProtocolError(Exception):
