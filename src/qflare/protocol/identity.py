@@ -62,7 +62,7 @@ __all__ = [
 CERT_CONTEXT: Final = b"qflare/authority/v1/device-certificate"
 TOKEN_CONTEXT: Final = b"qflare/authority/v1/enrollment-token"
 ENDORSE_CONTEXT: Final = b"qflare/authority/v1/keystore-endorsement"
-TOKEN_PREFIX: Final = "qft1."
+TOKEN_PREFIX: Final = "qft1."  # noqa: S105 - a format prefix, not a password
 _KEY_DOMAIN: Final = b"qflare/authority/v1/key"
 _PROOF_DOMAIN: Final = b"qflare/authority/v1/enrollment-proof"
 _VERSION: Final = 1
@@ -187,7 +187,11 @@ def verify_certificate(data: bytes, authority: AuthorityKey) -> CertificateBody:
     signed = _decode_signed(data, "certificate")
     try:
         verify_signature(
-            authority.scheme, authority.public_key, signed.signature, signed.body, context=CERT_CONTEXT
+            authority.scheme,
+            authority.public_key,
+            signed.signature,
+            signed.body,
+            context=CERT_CONTEXT,
         )
     except CryptoError:
         raise IdentityError("certificate signature does not verify") from None
