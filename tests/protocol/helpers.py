@@ -27,7 +27,6 @@ def config(
         k=k,
         t=t,
         dim=dim,
-        graph_seed=b"graph-seed-0001!",
         signature_scheme=scheme,
         modulus_bits=bits,
     )
@@ -54,3 +53,26 @@ def inputs(dim: int, bits: int = 32):
         )
 
     return make
+
+
+@lru_cache(maxsize=8)
+def _authority(n: int, scheme: str):
+    from qflare.sim.identities import SimAuthority
+
+    authority = SimAuthority(DeterministicRng(b"authority"))
+    return authority, authority.certify_all(signers(n, scheme))
+
+
+def authority(n: int, scheme: str = "ed25519"):
+    """A simulated enrollment authority that certified ``signers(n, scheme)``."""
+    return _authority(n, scheme)[0]
+
+
+def certificates(n: int, scheme: str = "ed25519") -> dict[int, bytes]:
+    """The genuine certificates of ``signers(n, scheme)``."""
+    return dict(_authority(n, scheme)[1])
+
+
+def directory(n: int, scheme: str = "ed25519"):
+    """An identity directory over the genuine certificates of ``signers(n, scheme)``."""
+    return authority(n, scheme).directory(certificates(n, scheme), SignatureScheme(scheme))

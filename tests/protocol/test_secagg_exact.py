@@ -23,8 +23,9 @@ def _alive_through(dropouts: dict[int, State], stage: State) -> int:
 
 
 @settings(max_examples=700)
-@given(dropouts=DROP, t=st.integers(2, 6), seed=st.integers(0, 2**31))
+@given(dropouts=DROP, t=st.integers(5, 8), seed=st.integers(0, 2**31))
 def test_complete_graph_exact_sum_or_clean_abort(dropouts, t, seed):
+    """Every threshold the clients' policy accepts for n=8 (2t > 8)."""
     cfg = config(N, N, t)
     res = Cohort(cfg, seed=seed, dropouts=dropouts, signers=signers(N)).run(inputs(cfg.dim))
     must_complete = all(_alive_through(dropouts, s) >= t for s in ROUNDS)
@@ -62,11 +63,11 @@ def test_sparse_graph_exact_sum(dropouts, seed, bits):
         assert res.total is None
     # Dropouts concentrated in one neighbourhood may legitimately abort: only as a threshold abort.
     for err in res.server_errors:
-        assert err.reason.value in {"too_few_clients", "reconstruction_failed"}
+        assert err.reason.value in {"too_few_clients", "reconstruction_failed", "seed_withheld"}
 
 
 def test_no_dropouts_sparse_40_clients_exact():
-    cfg = config(40, 9, 5, dim=64)
+    cfg = config(40, 13, 8, dim=64)  # the parameter finder's answer for n = 40
     res = Cohort(cfg, seed=1, signers=signers(40)).run(inputs(cfg.dim))
     assert res.server_state is State.COMPLETED
     assert res.survivors == tuple(range(40))

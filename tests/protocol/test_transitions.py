@@ -13,19 +13,33 @@ from qflare.protocol.secagg import ROUNDS, RoundRegistry, SecAggClient, State
 from qflare.protocol.secagg.client import _TRANSITIONS as CLIENT_TABLE
 from qflare.protocol.secagg.server import _TRANSITIONS as SERVER_TABLE
 from qflare.sim.cohort import Cohort, expected_sum
-from tests.protocol.helpers import config, inputs, signers
+from tests.protocol.helpers import authority, config, directory, inputs, signers
 
 N, VICTIM = 6, 2
-CFG = config(N, N, 3)
-SERVER_TYPES = [m.KeyDirectory, m.ShareRelay, m.ConsistencyRequest, m.UnmaskRequest]
+CFG = config(N, 5, 3)  # sparse: the graph-seed exchange is part of every round
+SERVER_TYPES = [
+    m.SeedCommitments,
+    m.KeyDirectory,
+    m.ShareRelay,
+    m.ConsistencyRequest,
+    m.UnmaskRequest,
+]
 CLIENT_TYPES = [
     m.AdvertiseKeys,
+    m.SeedReveal,
     m.EncryptedShares,
     m.MaskedInput,
     m.ConsistencySignature,
     m.UnmaskShares,
 ]
-CLIENT_STATES = [State.R1_SHARE_KEYS, State.R2_MASKED_INPUT, State.R3_CONSISTENCY, State.R4_UNMASK]
+CLIENT_STATES = [
+    State.R0_REVEAL_SEED,
+    State.R1_SHARE_KEYS,
+    State.R2_MASKED_INPUT,
+    State.R3_CONSISTENCY,
+    State.R4_UNMASK,
+]
+RESTART = (State.R1_SHARE_KEYS, m.SeedCommitments)  # valid only for the next attempt
 
 
 def _record() -> tuple[dict[type, m.ServerMessage], dict[type, m.ClientMessage]]:
@@ -44,7 +58,12 @@ def _record() -> tuple[dict[type, m.ServerMessage], dict[type, m.ClientMessage]]
         return msg
 
     res = Cohort(
-        CFG, seed=5, signers=signers(N), server_hook=server_hook, client_hook=client_hook
+        CFG,
+        seed=5,
+        signers=signers(N),
+        authority=authority(N),
+        server_hook=server_hook,
+        client_hook=client_hook,
     ).run(inputs(CFG.dim))
     assert res.server_state is State.COMPLETED
     return to_victim, from_victim
@@ -54,7 +73,9 @@ TO_VICTIM, FROM_VICTIM = _record()
 
 
 def test_tables_cover_exactly_one_message_per_round():
-    assert sorted(s.value for s, _ in CLIENT_TABLE) == sorted(s.value for s in CLIENT_STATES)
+    client_pairs = sorted((s.value, k.__name__) for s, k in CLIENT_TABLE)
+    expected = [(s.value, k.__name__) for s, k in zip(CLIENT_STATES, SERVER_TYPES, strict=True)]
+    assert client_pairs == sorted([*expected, (RESTART[0].value, RESTART[1].__name__)])
     assert sorted(s.value for s, _ in SERVER_TABLE) == sorted(s.value for s in ROUNDS)
 
 
@@ -62,14 +83,16 @@ def test_tables_cover_exactly_one_message_per_round():
 @pytest.mark.parametrize("kind", SERVER_TYPES, ids=lambda k: k.__name__)
 def test_client_state_message_pairs(state, kind):
     """At ``state`` the victim receives a genuine message of ``kind`` instead of the expected one."""
-    valid = (state, kind) in CLIENT_TABLE
+    valid = (state, kind) in CLIENT_TABLE and (state, kind) != RESTART
 
     def server_hook(u: int, msg: m.ServerMessage) -> m.ServerMessage:
         if u == VICTIM and _client_state_for(msg) is state:
             return TO_VICTIM[kind]
         return msg
 
-    res = Cohort(CFG, seed=5, signers=signers(N), server_hook=server_hook).run(inputs(CFG.dim))
+    res = Cohort(
+        CFG, seed=5, signers=signers(N), authority=authority(N), server_hook=server_hook
+    ).run(inputs(CFG.dim))
     if valid:
         assert VICTIM not in res.client_errors
         assert VICTIM in res.survivors
@@ -84,6 +107,7 @@ def test_client_state_message_pairs(state, kind):
 
 def _client_state_for(msg: m.ServerMessage) -> State:
     return {
+        m.SeedCommitments: State.R0_REVEAL_SEED,
         m.KeyDirectory: State.R1_SHARE_KEYS,
         m.ShareRelay: State.R2_MASKED_INPUT,
         m.ConsistencyRequest: State.R3_CONSISTENCY,
@@ -103,7 +127,9 @@ def test_server_state_message_pairs(state, kind):
             return FROM_VICTIM[kind]
         return msg
 
-    res = Cohort(CFG, seed=5, signers=signers(N), client_hook=client_hook).run(inputs(CFG.dim))
+    res = Cohort(
+        CFG, seed=5, signers=signers(N), authority=authority(N), client_hook=client_hook
+    ).run(inputs(CFG.dim))
     if valid:
         assert not res.server_errors
         assert VICTIM in res.survivors
@@ -120,6 +146,7 @@ def test_server_state_message_pairs(state, kind):
 def _server_state_for(msg: m.ClientMessage) -> State:
     return {
         m.AdvertiseKeys: State.R0_ADVERTISE_KEYS,
+        m.SeedReveal: State.R0_REVEAL_SEED,
         m.EncryptedShares: State.R1_SHARE_KEYS,
         m.MaskedInput: State.R2_MASKED_INPUT,
         m.ConsistencySignature: State.R3_CONSISTENCY,
@@ -128,8 +155,7 @@ def _server_state_for(msg: m.ClientMessage) -> State:
 
 
 def test_client_rejects_messages_after_completion_and_abort():
-    ids = {u: s.public_key for u, s in signers(N).items()}
-    client = SecAggClient(CFG, 0, signers(N)[0], ids, DeterministicRng(1), RoundRegistry())
+    client = SecAggClient(CFG, 0, signers(N)[0], directory(N), DeterministicRng(1), RoundRegistry())
     with pytest.raises(RemoteProtocolError) as info:
         client.receive(TO_VICTIM[m.ShareRelay])
     assert client.state is State.ABORTED

@@ -5,7 +5,14 @@ or ciphertext is bound to an explicit context, and every check raises on failure
 """
 
 from qflare.crypto.aead import Aead
-from qflare.crypto.agree import Label, X25519KeyPair, hkdf, x25519_agree, x25519_agree_many
+from qflare.crypto.agree import (
+    Label,
+    X25519KeyPair,
+    hkdf,
+    x25519_agree,
+    x25519_agree_many,
+    x25519_public_is_valid,
+)
 from qflare.crypto.errors import (
     CryptoError,
     DecryptionError,
@@ -61,4 +68,5 @@ __all__ = [
     "verify_signature",
     "x25519_agree",
     "x25519_agree_many",
+    "x25519_public_is_valid",
 ]

@@ -87,6 +87,32 @@ class X25519KeyPair(NoPickle):
         return f"X25519KeyPair(public={self.public.hex()[:16]}…, private=<redacted>)"
 
 
+_P25519 = 2**255 - 19
+_SMALL_ORDER_U = frozenset(
+    {
+        0,
+        1,
+        _P25519 - 1,
+        325606250916557431795983626356110631294008115727848805560023387167927233504,
+        39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    }
+)
+"""u-coordinates (mod p) of the points of order 1, 2, 4 and 8 on Curve25519 (libsodium's list)."""
+
+
+def x25519_public_is_valid(public: bytes) -> bool:
+    """Whether ``public`` is a usable X25519 public key: 32 bytes and not of small order.
+
+    A small-order point makes every agreement with it all-zero (a peer could force a known
+    shared secret); non-canonical encodings of those points (``u >= p``, the top bit set) are
+    caught too. Costs a few integer operations, no scalar multiplication.
+    """
+    if len(public) != X25519_KEY_BYTES:
+        return False
+    u = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    return u % _P25519 not in _SMALL_ORDER_U
+
+
 def x25519_agree(
     own: X25519KeyPair | SecretBytes, peer_public: bytes, label: Label, length: int = 32
 ) -> SecretBytes:

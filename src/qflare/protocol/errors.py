@@ -21,6 +21,7 @@ class AbortReason(enum.StrEnum):
     PARAMS_REFUSED = "params_refused"
     SEED_WITHHELD = "seed_withheld"
     BAD_SHARE = "bad_share"
+    BAD_KEY = "bad_key"
 
 
 class ProtocolError(Exception):

@@ -89,6 +89,24 @@ def _hypergeom_tail(pop: int, marked: int, draws: int, at_least: int) -> float:
     return tail / total
 
 
+def privacy_failure(n: int, k: int, t: int, corrupt_fraction: float) -> float:
+    """Union bound over ``n`` clients on P(corrupt neighbours ``c >= 2t - k``) for ``(k, t)``.
+
+    For the complete graph (``k >= n``) the count is exact: ``floor(corrupt_fraction·n)``
+    corrupt clients are all neighbours, so the bound is 0 or 1.
+    """
+    corrupt = math.floor(corrupt_fraction * n)
+    closed = min(k, n)
+    if k >= n:
+        return 0.0 if corrupt < 2 * t - closed else 1.0
+    return n * _hypergeom_tail(n - 1, corrupt, k - 1, 2 * t - k)
+
+
+def complete_threshold(n: int, corrupt_fraction: float) -> int:
+    """Smallest ``t`` of the complete graph with ``2t > n + corrupt`` (privacy against collusion)."""
+    return (n + math.floor(corrupt_fraction * n)) // 2 + 1
+
+
 def find_params(
     n: int,
     corrupt_fraction: float = 0.05,
@@ -119,21 +137,29 @@ def find_params(
     """
     if n < 2:
         raise ValueError("need at least two clients")
-    corrupt = math.floor(corrupt_fraction * n)
     dropped = math.ceil(dropout_fraction * n)
-    budget_priv = 2.0**-security_bits / n
+    budget_priv = 2.0**-security_bits
     budget_corr = 2.0**-correctness_bits / n
-    for k in range(3, n + 1, 2):
+    for k in range(3, n, 2):
         others = k - 1
         for t in range(k // 2 + 1, k + 1):
-            priv = _hypergeom_tail(n - 1, corrupt, others, 2 * t - k)
+            priv = privacy_failure(n, k, t, corrupt_fraction)
             if priv > budget_priv:
                 continue
             corr = _hypergeom_tail(n - 1, dropped, others, others - t + 1)
             if corr <= budget_corr:
-                return GraphParams(k, t, priv * n, corr * n)
+                return GraphParams(k, t, priv, corr * n)
             break  # larger t only hurts correctness
-    complete_t = (n + corrupt) // 2 + 1
+    complete_t = complete_threshold(n, corrupt_fraction)
     if complete_t + dropped <= n:
         return GraphParams(n, complete_t, 0.0, 0.0)
     raise ValueError(f"no (k, t) for n={n}, corrupt={corrupt_fraction}, dropout={dropout_fraction}")
+
+
+def min_threshold(n: int, k: int, corrupt_fraction: float, security_bits: int) -> int | None:
+    """Smallest ``t`` whose privacy bound for ``(n, k)`` is at most ``2^-security_bits``."""
+    closed = min(k, n)
+    for t in range(closed // 2 + 1, closed + 1):
+        if privacy_failure(n, k, t, corrupt_fraction) <= 2.0**-security_bits:
+            return t
+    return None

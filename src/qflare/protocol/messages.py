@@ -33,8 +33,10 @@ class RoundConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         t: Shamir threshold.
         dim: Length of the ring vector each client uploads.
         modulus_bits: 32 or 64.
-        graph_seed: Public seed of the neighbour graph's random permutation.
         signature_scheme: Identity signature scheme name.
+
+    A sparse graph's permutation seed is not here: the participants draw it together (commit,
+    then reveal; :mod:`qflare.protocol.seed`), so the server cannot choose it.
     """
 
     version: int = PROTOCOL_VERSION
@@ -45,34 +47,60 @@ class RoundConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     t: int
     dim: int
     modulus_bits: int = 32
-    graph_seed: bytes
     signature_scheme: str = "mldsa65"
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the round uses a sparse graph (``k < n``), whose seed the clients draw."""
+        return self.k < len(self.participants)
 
 
 # ---- client -> server -------------------------------------------------------------------------
 
 
 class AdvertiseKeys(Message, frozen=True, tag="advertise_keys"):
-    """R0: the client's two fresh public keys, signed with its identity key."""
+    """R0: the client's two fresh public keys and its graph-seed commitment, signed."""
 
     sender: int
     enc_pk: bytes
     mask_pk: bytes
     signature: bytes
+    seed_commit: bytes = b""
+
+
+class SeedReveal(Message, frozen=True, tag="seed_reveal"):
+    """R0 (sparse graphs): the bytes behind the seed commitment, and a commitment for a restart."""
+
+    sender: int
+    attempt: int
+    reveal: bytes
+    next_commit: bytes
 
 
 class EncryptedShares(Message, frozen=True, tag="encrypted_shares"):
-    """R1: one AEAD ciphertext of (self-mask share, key share) per neighbour."""
+    """R1: one AEAD ciphertext of (self-mask share, key share) per neighbour, and commitments.
+
+    ``commitments[h]`` is ``H(self-mask share, salt) || H(key share, salt)`` of holder ``h``'s
+    shares (ourselves included), so a share released in R4 can be checked; ``self_mask_commit``
+    commits to the self-mask secret, so its reconstruction can be checked.
+    """
 
     sender: int
     ciphertexts: dict[int, bytes]
+    commitments: dict[int, bytes]
+    self_mask_commit: bytes
 
 
 class MaskedInput(Message, frozen=True, tag="masked_input"):
-    """R2: the masked ring vector (raw little-endian bytes)."""
+    """R2: the masked ring vector (raw little-endian bytes).
+
+    ``missing`` names the neighbours whose shares for us failed to decrypt or did not match
+    their commitments: we hold none of their shares (we still mask with them).
+    """
 
     sender: int
     vector: bytes
+    missing: tuple[int, ...] = ()
 
 
 class ConsistencySignature(Message, frozen=True, tag="consistency_signature"):
@@ -83,7 +111,10 @@ class ConsistencySignature(Message, frozen=True, tag="consistency_signature"):
 
 
 class UnmaskShares(Message, frozen=True, tag="unmask_shares"):
-    """R4: self-mask shares of survivors and key shares of dropped clients, by owner id."""
+    """R4: self-mask shares of survivors and key shares of dropped clients, by owner id.
+
+    Each value is the 33-byte share followed by its 16-byte commitment salt.
+    """
 
     sender: int
     self_mask_shares: dict[int, bytes]
@@ -93,18 +124,31 @@ class UnmaskShares(Message, frozen=True, tag="unmask_shares"):
 # ---- server -> client -------------------------------------------------------------------------
 
 
+class SeedCommitments(Message, frozen=True, tag="seed_commitments"):
+    """Reply to R0 (sparse graphs): every member's seed commitment for ``attempt``."""
+
+    recipient: int
+    attempt: int
+    commitments: dict[int, bytes]
+
+
 class KeyDirectory(Message, frozen=True, tag="key_directory"):
-    """Reply to R0: the advertised keys of the recipient's neighbours (and its own)."""
+    """The advertised keys of the recipient's neighbours (and its own), and the seed reveals."""
 
     recipient: int
     entries: tuple[AdvertiseKeys, ...]
+    reveals: dict[int, bytes] = {}
 
 
 class ShareRelay(Message, frozen=True, tag="share_relay"):
-    """Reply to R1: ciphertexts addressed to the recipient, by sender id."""
+    """Reply to R1: ciphertexts addressed to the recipient and their senders' commitments.
+
+    A sender appears only if the recipient also shared with it (the relation stays symmetric).
+    """
 
     recipient: int
     ciphertexts: dict[int, bytes]
+    commitments: dict[int, bytes]
 
 
 class ConsistencyRequest(Message, frozen=True, tag="consistency_request"):
@@ -131,10 +175,18 @@ class SharePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     recipient: int
     self_mask_share: bytes
     key_share: bytes
+    salt: bytes
 
 
-ClientMessage = AdvertiseKeys | EncryptedShares | MaskedInput | ConsistencySignature | UnmaskShares
-ServerMessage = KeyDirectory | ShareRelay | ConsistencyRequest | UnmaskRequest
+ClientMessage = (
+    AdvertiseKeys
+    | SeedReveal
+    | EncryptedShares
+    | MaskedInput
+    | ConsistencySignature
+    | UnmaskShares
+)
+ServerMessage = SeedCommitments | KeyDirectory | ShareRelay | ConsistencyRequest | UnmaskRequest
 AnyMessage = ClientMessage | ServerMessage
 
 # Integer-keyed maps are built in ascending key order by both machines, and signed transcripts are

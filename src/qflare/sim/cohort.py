@@ -27,7 +27,9 @@ from qflare.crypto import (
 )
 from qflare.protocol import messages as m
 from qflare.protocol.errors import ProtocolError
+from qflare.protocol.policy import ClientPolicy
 from qflare.protocol.secagg import RoundRegistry, SecAggClient, SecAggServer, State
+from qflare.sim.identities import SimAuthority
 
 InputFn = Callable[[int], RingVector]
 ServerHook = Callable[[int, m.ServerMessage], m.ServerMessage | None]
@@ -95,6 +97,12 @@ class Cohort:
         client_hook: Rewrites (or drops) each client->server message.
         signers: Identity keys to use (default: fresh ones per participant).
         server_verifies: Whether the server checks signatures (off to play a lying server).
+        authority: The enrollment authority that certifies the signers (default: a new one).
+        certificates: What the server hands out as the participants' certificates (default:
+            the authority's genuine ones; a test plays a key-substituting server here).
+        policy: Every client's policy (default: :class:`ClientPolicy`).
+        views: Per client, the certificates the server shows it instead of ``certificates``.
+        corrupt: Called with each client machine once it exists (a test makes one malicious).
     """
 
     def __init__(
@@ -107,6 +115,11 @@ class Cohort:
         client_hook: ClientHook | None = None,
         signers: Mapping[int, Signer] | None = None,
         server_verifies: bool = True,
+        authority: SimAuthority | None = None,
+        certificates: Mapping[int, bytes] | None = None,
+        policy: ClientPolicy | None = None,
+        views: Mapping[int, Mapping[int, bytes]] | None = None,
+        corrupt: Callable[[int, SecAggClient], None] | None = None,
     ) -> None:
         self.cfg = config
         self._rng: Rng = SystemRng() if seed is None else DeterministicRng(seed)
@@ -121,6 +134,14 @@ class Cohort:
             else {u: make_signer(scheme, self._rng) for u in config.participants}
         )
         self.identities = {u: s.public_key for u, s in self.signers.items()}
+        self.authority = authority or SimAuthority(self._rng)
+        self.certificates = (
+            dict(certificates)
+            if certificates is not None
+            else self.authority.certify_all(self.signers)
+        )
+        self.policy = policy or ClientPolicy()
+        self._views, self._corrupt = dict(views or {}), corrupt
         self.registries = {u: RoundRegistry() for u in config.participants}
 
     def _silent(self, client: int, state: State) -> bool:
@@ -137,13 +158,8 @@ class Cohort:
         """
         server = SecAggServer(self.cfg, self.identities, verify_signatures=self._server_verifies)
         prg = MaskPrg(self.cfg.dim, self.cfg.modulus_bits)  # one device's buffers, reused
-        self.clients = clients = {
-            u: SecAggClient(
-                self.cfg, u, self.signers[u], self.identities, self._rng, self.registries[u], prg
-            )
-            for u in self.cfg.participants
-        }
         res = CohortResult(total=None, survivors=(), server_state=server.state)
+        self.clients = clients = self._make_clients(prg, res)
         for u, client in clients.items():
             if self._silent(u, State.R0_ADVERTISE_KEYS):
                 continue
@@ -169,6 +185,30 @@ class Cohort:
             res.total, res.survivors = server.result, server.survivors
         return res
 
+    def _make_clients(self, prg: MaskPrg, res: CohortResult) -> dict[int, SecAggClient]:
+        """One client machine per participant; one that refuses the round is recorded."""
+        scheme = SignatureScheme(self.cfg.signature_scheme)
+        clients: dict[int, SecAggClient] = {}
+        for u in self.cfg.participants:
+            certificates = self._views.get(u, self.certificates)
+            try:
+                clients[u] = SecAggClient(
+                    self.cfg,
+                    u,
+                    self.signers[u],
+                    self.authority.directory(certificates, scheme),
+                    self._rng,
+                    self.registries[u],
+                    prg,
+                    self.policy,
+                )
+            except ProtocolError as exc:
+                res.client_errors[u] = exc
+                continue
+            if self._corrupt is not None:
+                self._corrupt(u, clients[u])
+        return clients
+
     def _serve(
         self,
         state: State,
@@ -179,7 +219,7 @@ class Cohort:
         inputs: InputFn,
     ) -> None:
         for u, smsg in outbox.items():
-            if self._silent(u, state):
+            if self._silent(u, state) or u not in clients:
                 continue
             wire = self._server_hook(u, smsg) if self._server_hook else smsg
             if wire is None:

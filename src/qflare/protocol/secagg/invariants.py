@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
+from qflare.crypto import SignatureScheme, ring_dtype
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
+from qflare.protocol.messages import RoundConfig
 
 
 class ReleaseLog:
@@ -102,3 +104,32 @@ def never_reuse_round(
             reason=AbortReason.ROUND_REUSED,
             http_status=409,
         )
+
+
+def round_config_is_sound(cfg: RoundConfig, *, state: str) -> None:
+    """A round configuration is well formed: sorted distinct non-negative ids, a ring, a scheme.
+
+    (Whether its ``k`` and ``t`` are strong enough is the client's policy:
+    :func:`qflare.protocol.policy.check_round_params`.)
+
+    Raises:
+        LocalProtocolError: ``PARAMS_REFUSED`` naming what is malformed.
+    """
+    ids = cfg.participants
+    problems = [
+        (list(ids) != sorted(set(ids)) or any(u < 0 for u in ids), "participants unsorted"),
+        (cfg.dim < 1 or cfg.round_id < 0, "dim must be positive and round id non-negative"),
+        (cfg.signature_scheme not in set(SignatureScheme), "unknown signature scheme"),
+    ]
+    try:
+        ring_dtype(cfg.modulus_bits)
+    except ValueError as exc:
+        problems.append((True, str(exc)))
+    for bad, why in problems:
+        if bad:
+            raise LocalProtocolError(
+                f"unsound round configuration: {why}",
+                state=state,
+                reason=AbortReason.PARAMS_REFUSED,
+                http_status=409,
+            )

@@ -2,27 +2,56 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from qflare.crypto import Label, SecretBytes, X25519KeyPair, hkdf, x25519_agree, x25519_agree_many
+from qflare.crypto.shamir import SHARE_BYTES
 from qflare.protocol.messages import AdvertiseKeys, RoundConfig, encode
 
 ADVERTISE_CONTEXT = b"qflare/secagg/v1/advertise"
 CONSISTENCY_CONTEXT = b"qflare/secagg/v1/consistency"
 MASK_SEED_BYTES = 16  # AES-128-CTR mask streams
+SALT_BYTES = 16
+RELEASED_SHARE_BYTES = SHARE_BYTES + SALT_BYTES
+COMMITMENT_BYTES = 32
 
 
-def advertise_transcript(cfg: RoundConfig, sender: int, enc_pk: bytes, mask_pk: bytes) -> bytes:
-    """Bytes signed in R0: binds both public keys to the session, round and sender."""
-    return encode((cfg.session, cfg.round_id, sender, enc_pk, mask_pk))
+def seed_scope(cfg: RoundConfig) -> str:
+    """Scope of the round's graph-seed exchange."""
+    return f"secagg/{cfg.session}/{cfg.round_id}"
+
+
+def advertise_transcript(
+    cfg: RoundConfig, sender: int, enc_pk: bytes, mask_pk: bytes, seed_commit: bytes = b""
+) -> bytes:
+    """Bytes signed in R0: binds both public keys and the seed commitment to the round and sender."""
+    return encode((cfg.session, cfg.round_id, sender, enc_pk, mask_pk, seed_commit))
 
 
 def advertise_transcript_of(cfg: RoundConfig, msg: AdvertiseKeys) -> bytes:
     """:func:`advertise_transcript` of a received message."""
-    return advertise_transcript(cfg, msg.sender, msg.enc_pk, msg.mask_pk)
+    return advertise_transcript(cfg, msg.sender, msg.enc_pk, msg.mask_pk, msg.seed_commit)
 
 
-def consistency_transcript(cfg: RoundConfig, survivors: tuple[int, ...]) -> bytes:
-    """Bytes signed in R3: the survivor set U3 of this session and round."""
-    return encode((cfg.session, cfg.round_id, survivors))
+def consistency_transcript(
+    cfg: RoundConfig, survivors: tuple[int, ...], graph_seed: bytes = b""
+) -> bytes:
+    """Bytes signed in R3: the survivor set U3 and the graph this client used."""
+    return encode((cfg.session, cfg.round_id, survivors, graph_seed))
+
+
+def share_commitment(
+    cfg: RoundConfig, owner: int, holder: int, kind: str, share: bytes, salt: bytes
+) -> bytes:
+    """Hiding, binding commitment to one share (``kind``: ``b`` or ``sk``) held by ``holder``."""
+    data = encode(("secagg/share-commit", cfg.session, cfg.round_id, owner, holder, kind, share, salt))
+    return hashlib.sha256(data).digest()
+
+
+def self_mask_commitment(cfg: RoundConfig, owner: int, b: SecretBytes) -> bytes:
+    """Commitment to a client's self-mask secret (checks its reconstruction)."""
+    data = encode(("secagg/self-mask-commit", cfg.session, cfg.round_id, owner, b.reveal()))
+    return hashlib.sha256(data).digest()
 
 
 def share_aad(cfg: RoundConfig, sender: int, recipient: int) -> bytes:

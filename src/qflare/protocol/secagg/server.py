@@ -3,6 +3,12 @@
 The server never sees an unmasked input: masked vectors are added into one running accumulator as
 they arrive (O(d) memory), and at the end only the self masks of survivors and the pairwise masks
 between dropped clients and their surviving neighbours are regenerated and removed.
+
+A misbehaving client costs the round as little as possible: a bad advertisement excludes it at
+R0; a client whose neighbours reject its shares is simply not held by them; a released share
+that does not match the commitment its owner signed in R1 is dropped and its sender named in
+:attr:`SecAggServer.culprits`; a round fails only when some survivor's secret has fewer than
+``t`` good shares, and then it names that client.
 """
 
 from __future__ import annotations
@@ -12,22 +18,29 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from qflare.crypto import CryptoError, RingVector, SignatureScheme, ring_dtype, verify_signature
+from qflare.crypto import (
+    CryptoError,
+    RingVector,
+    SignatureScheme,
+    ring_dtype,
+    verify_signature,
+    x25519_public_is_valid,
+)
 from qflare.protocol import messages as m
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.protocol.graph import neighbourhoods
 from qflare.protocol.secagg import keys
 from qflare.protocol.secagg.states import State
-from qflare.protocol.secagg.unmask import UnmaskInputs, remove_masks
+from qflare.protocol.secagg.unmask import (
+    ReconstructionError,
+    UnmaskInputs,
+    check_released,
+    remove_masks,
+)
+from qflare.protocol.seed import SeedCollector
 
 _Handler = Callable[["SecAggServer", Any], None]
-_NEXT = {
-    State.R0_ADVERTISE_KEYS: State.R1_SHARE_KEYS,
-    State.R1_SHARE_KEYS: State.R2_MASKED_INPUT,
-    State.R2_MASKED_INPUT: State.R3_CONSISTENCY,
-    State.R3_CONSISTENCY: State.R4_UNMASK,
-    State.R4_UNMASK: State.COMPLETED,
-}
+_Step = Callable[["SecAggServer", frozenset[int]], tuple[State, dict[int, m.ServerMessage]]]
 
 
 class SecAggServer:
@@ -40,6 +53,7 @@ class SecAggServer:
         config: Public round parameters.
         identities: Identity public keys of the participants.
         verify_signatures: Check R0/R3 signatures on arrival (clients check them too).
+        max_seed_restarts: Restarts of the graph-seed exchange before the round aborts.
     """
 
     def __init__(
@@ -48,6 +62,7 @@ class SecAggServer:
         identities: Mapping[int, bytes],
         *,
         verify_signatures: bool = True,
+        max_seed_restarts: int = 2,
     ) -> None:
         self.cfg = config
         self.state = State.R0_ADVERTISE_KEYS
@@ -55,17 +70,28 @@ class SecAggServer:
         self._identities = identities
         self._verify = verify_signatures
         self._scheme = SignatureScheme(config.signature_scheme)
-        self._nbrs = neighbourhoods(config.participants, config.k, config.graph_seed)
+        self._participants = frozenset(config.participants)
+        self._seed = SeedCollector(keys.seed_scope(config), max_seed_restarts)
+        self.graph_seed = b""
+        self._nbrs: dict[int, frozenset[int]] = (
+            {} if config.sparse else neighbourhoods(config.participants, config.k, b"")
+        )
         self._expected: set[int] = set(config.participants)
         self._received: dict[int, m.ClientMessage] = {}
         self.excluded: dict[int, str] = {}
+        self.culprits: dict[int, str] = {}
         self._adverts: dict[int, m.AdvertiseKeys] = {}
         self._directory: dict[int, frozenset[int]] = {}
         self._ciphertexts: dict[int, dict[int, bytes]] = {}
+        self._commitments: dict[int, dict[int, bytes]] = {}
+        self._self_commits: dict[int, bytes] = {}
+        self._partners: dict[int, frozenset[int]] = {}
+        self._missing: dict[int, frozenset[int]] = {}
         self._held: dict[int, frozenset[int]] = {}
         self._u2: frozenset[int] = frozenset()
         self._u3: tuple[int, ...] = ()
         self._signatures: dict[int, bytes] = {}
+        self._released: dict[int, m.UnmaskShares] = {}
         self._acc: RingVector = np.zeros(config.dim, dtype=ring_dtype(config.modulus_bits))
         self._nbytes = self._acc.nbytes
         self.result: RingVector | None = None
@@ -79,7 +105,7 @@ class SecAggServer:
             RemoteProtocolError: unexpected, malformed, replayed or forged; the sender is excluded.
         """
         sender = msg.sender
-        if sender not in self._nbrs:
+        if sender not in self._participants:
             raise RemoteProtocolError(
                 "sender is not a participant", state=self.state.value, client=sender
             )
@@ -117,7 +143,7 @@ class SecAggServer:
         """The running sum of masked inputs, as raw bytes (safe to persist: it is masked)."""
         return self._acc.tobytes()
 
-    def resume_masked_input(self, sender: int) -> None:
+    def resume_masked_input(self, sender: int, missing: tuple[int, ...] = ()) -> None:
         """Replay: mark ``sender``'s masked input as accepted without re-adding it.
 
         Used when rebuilding a round from its event log; the sum itself comes back through
@@ -130,8 +156,9 @@ class SecAggServer:
             raise LocalProtocolError(
                 "no masked input expected from this client", state=self.state.value, client=sender
             )
+        self._missing[sender] = frozenset(missing)
         self._received[sender] = m.MaskedInput(
-            round_id=self.cfg.round_id, sender=sender, vector=b""
+            round_id=self.cfg.round_id, sender=sender, vector=b"", missing=missing
         )
 
     def load_accumulator(self, data: bytes) -> None:
@@ -176,8 +203,8 @@ class SecAggServer:
                 f"{len(responders)} clients answered, threshold is {self.cfg.t}",
                 AbortReason.TOO_FEW_CLIENTS,
             )
-        out = step(self, responders)
-        self.state = _NEXT[self.state]
+        nxt, out = step(self, responders)
+        self.state = nxt
         self._received = {}
         self._expected = set(out)
         return out
@@ -191,10 +218,10 @@ class SecAggServer:
         self.excluded.setdefault(client, f"{self.state.value}: {why}")
         self._expected.discard(client)
 
-    def _fail(self, why: str, reason: AbortReason) -> NoReturn:
+    def _fail(self, why: str, reason: AbortReason, client: int | None = None) -> NoReturn:
         state = self.state.value
         self.state, self.abort_reason = State.ABORTED, reason
-        raise RemoteProtocolError(why, state=state, reason=reason, http_status=409)
+        raise RemoteProtocolError(why, state=state, client=client, reason=reason, http_status=409)
 
     def _check_signature(self, client: int, sig: bytes, transcript: bytes, context: bytes) -> None:
         if not self._verify:
@@ -212,26 +239,50 @@ class SecAggServer:
         return self._u3
 
     def closed(self, client: int) -> frozenset[int]:
-        """Closed neighbourhood of ``client`` in this round's graph."""
+        """Closed neighbourhood of ``client`` in this round's graph (known after the seed)."""
         return self._nbrs[client] | {client}
 
-    # ---- per-round handlers -------------------------------------------------------------------
+    # ---- per-round collectors -----------------------------------------------------------------
 
     def _on_advertise(self, msg: m.AdvertiseKeys) -> None:
-        if len(msg.enc_pk) != 32 or len(msg.mask_pk) != 32:
-            self._reject(msg.sender, "public keys must be 32 bytes", AbortReason.MALFORMED_MESSAGE)
+        if not (x25519_public_is_valid(msg.enc_pk) and x25519_public_is_valid(msg.mask_pk)):
+            self._reject(
+                msg.sender, "public keys are malformed or of small order", AbortReason.BAD_KEY
+            )
         transcript = keys.advertise_transcript_of(self.cfg, msg)
         self._check_signature(msg.sender, msg.signature, transcript, keys.ADVERTISE_CONTEXT)
+        if self.cfg.sparse:
+            try:
+                self._seed.commit(msg.sender, msg.seed_commit)
+            except ValueError:
+                self._reject(msg.sender, "bad seed commitment", AbortReason.MALFORMED_MESSAGE)
+        elif msg.seed_commit:
+            self._reject(msg.sender, "seed commitment in a complete graph", AbortReason.MALFORMED_MESSAGE)
         self._adverts[msg.sender] = msg
 
+    def _on_reveal(self, msg: m.SeedReveal) -> None:
+        try:
+            self._seed.reveal(msg.sender, msg.attempt, msg.reveal, msg.next_commit)
+        except ValueError as exc:
+            self._reject(msg.sender, f"seed reveal refused: {exc}", AbortReason.MALFORMED_MESSAGE)
+
     def _on_shares(self, msg: m.EncryptedShares) -> None:
-        if set(msg.ciphertexts) != self._directory[msg.sender] - {msg.sender}:
+        allowed = self._directory[msg.sender] - {msg.sender}
+        holders = set(msg.ciphertexts)
+        well_formed = all(
+            len(c) == 2 * keys.COMMITMENT_BYTES for c in msg.commitments.values()
+        ) and len(msg.self_mask_commit) == keys.COMMITMENT_BYTES
+        if not holders <= allowed or set(msg.commitments) != holders | {msg.sender}:
             self._reject(
                 msg.sender,
                 "ciphertexts do not match the key directory",
                 AbortReason.MALFORMED_MESSAGE,
             )
+        if not well_formed or len(holders) + 1 < self.cfg.t:
+            self._reject(msg.sender, "malformed commitments or too few holders", AbortReason.MALFORMED_MESSAGE)
         self._ciphertexts[msg.sender] = dict(msg.ciphertexts)
+        self._commitments[msg.sender] = dict(msg.commitments)
+        self._self_commits[msg.sender] = msg.self_mask_commit
 
     def _on_masked_input(self, msg: m.MaskedInput) -> None:
         if len(msg.vector) != self._nbytes:
@@ -240,24 +291,63 @@ class SecAggServer:
                 f"vector has {len(msg.vector)} bytes, expected {self._nbytes}",
                 AbortReason.MALFORMED_MESSAGE,
             )
+        if not set(msg.missing) <= self._partners[msg.sender] - {msg.sender}:
+            self._reject(msg.sender, "reports shares of non-partners", AbortReason.MALFORMED_MESSAGE)
+        self._missing[msg.sender] = frozenset(msg.missing)
         np.add(self._acc, np.frombuffer(msg.vector, dtype=self._acc.dtype), out=self._acc)
 
     def _on_consistency(self, msg: m.ConsistencySignature) -> None:
-        transcript = keys.consistency_transcript(self.cfg, self._u3)
+        transcript = keys.consistency_transcript(self.cfg, self._u3, self.graph_seed)
         self._check_signature(msg.sender, msg.signature, transcript, keys.CONSISTENCY_CONTEXT)
         self._signatures[msg.sender] = msg.signature
 
     def _on_unmask(self, msg: m.UnmaskShares) -> None:
         held = self._held[msg.sender]
         alive = held & set(self._u3)
-        if set(msg.self_mask_shares) != alive or set(msg.key_shares) != held - alive:
+        if not set(msg.self_mask_shares) <= alive or not set(msg.key_shares) <= held - alive:
             self._reject(
                 msg.sender, "unmask shares do not match the request", AbortReason.MALFORMED_MESSAGE
             )
+        good, bad = check_released(self.cfg, msg, self._commitments)
+        if bad:
+            self.culprits.setdefault(msg.sender, f"R4: bad shares of clients {sorted(bad)}")
+        self._released[msg.sender] = good
 
     # ---- per-round advance steps --------------------------------------------------------------
 
-    def _advance_r0(self, u1: frozenset[int]) -> dict[int, m.ServerMessage]:
+    def _advance_r0(self, u1: frozenset[int]) -> tuple[State, dict[int, m.ServerMessage]]:
+        if not self.cfg.sparse:
+            return State.R1_SHARE_KEYS, self._directories(u1, {})
+        self._seed.restrict(u1)
+        return State.R0_REVEAL_SEED, self._seed_round(u1)
+
+    def _seed_round(self, members: frozenset[int]) -> dict[int, m.ServerMessage]:
+        commits = dict(sorted(self._seed.commitments.items()))
+        return {
+            u: m.SeedCommitments(
+                round_id=self.cfg.round_id,
+                recipient=u,
+                attempt=self._seed.attempt,
+                commitments=commits,
+            )
+            for u in sorted(members)
+        }
+
+    def _advance_seed(self, revealed: frozenset[int]) -> tuple[State, dict[int, m.ServerMessage]]:
+        reveals = self._seed.reveals
+        try:
+            seed = self._seed.close()
+        except ValueError as exc:
+            self._fail(f"graph seed withheld: {exc}", AbortReason.SEED_WITHHELD)
+        if seed is None:  # a restart among those who revealed
+            return State.R0_REVEAL_SEED, self._seed_round(frozenset(self._seed.commitments))
+        self.graph_seed = seed
+        self._nbrs = neighbourhoods(self.cfg.participants, self.cfg.k, seed)
+        return State.R1_SHARE_KEYS, self._directories(revealed, dict(sorted(reveals.items())))
+
+    def _directories(
+        self, u1: frozenset[int], reveals: dict[int, bytes]
+    ) -> dict[int, m.ServerMessage]:
         out: dict[int, m.ServerMessage] = {}
         for u in sorted(u1):
             directory = self.closed(u) & u1
@@ -266,30 +356,42 @@ class SecAggServer:
                 continue
             self._directory[u] = directory
             entries = tuple(self._adverts[v] for v in sorted(directory))
-            out[u] = m.KeyDirectory(round_id=self.cfg.round_id, recipient=u, entries=entries)
+            out[u] = m.KeyDirectory(
+                round_id=self.cfg.round_id, recipient=u, entries=entries, reveals=reveals
+            )
         return out
 
-    def _advance_r1(self, u2: frozenset[int]) -> dict[int, m.ServerMessage]:
+    def _advance_r1(self, u2: frozenset[int]) -> tuple[State, dict[int, m.ServerMessage]]:
         self._u2 = u2
+        cts = self._ciphertexts
         out: dict[int, m.ServerMessage] = {}
         for v in sorted(u2):
-            relay = {w: self._ciphertexts[w][v] for w in sorted(self._directory[v] & u2) if w != v}
-            self._held[v] = frozenset(relay) | {v}
-            if len(relay) + 1 < self.cfg.t:
+            senders = [
+                w for w in sorted(self._directory[v] & u2) if w != v and v in cts[w] and w in cts[v]
+            ]
+            self._partners[v] = frozenset(senders) | {v}
+            if len(senders) + 1 < self.cfg.t:
                 self._exclude(v, "too few neighbours shared keys")
                 continue
-            out[v] = m.ShareRelay(round_id=self.cfg.round_id, recipient=v, ciphertexts=relay)
+            out[v] = m.ShareRelay(
+                round_id=self.cfg.round_id,
+                recipient=v,
+                ciphertexts={w: cts[w][v] for w in senders},
+                commitments={w: self._commitments[w][v] for w in senders},
+            )
         self._ciphertexts = {}
-        return out
+        return State.R2_MASKED_INPUT, out
 
-    def _advance_r2(self, u3: frozenset[int]) -> dict[int, m.ServerMessage]:
+    def _advance_r2(self, u3: frozenset[int]) -> tuple[State, dict[int, m.ServerMessage]]:
         self._u3 = tuple(sorted(u3))
+        for v in u3:
+            self._held[v] = self._partners[v] - self._missing.get(v, frozenset())
         rid = self.cfg.round_id
-        return {
+        return State.R3_CONSISTENCY, {
             v: m.ConsistencyRequest(round_id=rid, recipient=v, survivors=self._u3) for v in self._u3
         }
 
-    def _advance_r3(self, u4: frozenset[int]) -> dict[int, m.ServerMessage]:
+    def _advance_r3(self, u4: frozenset[int]) -> tuple[State, dict[int, m.ServerMessage]]:
         dropped = tuple(sorted(self._u2 - set(self._u3)))
         out: dict[int, m.ServerMessage] = {}
         for v in sorted(u4):
@@ -302,28 +404,30 @@ class SecAggServer:
                 dropped=dropped,
                 signatures=sigs,
             )
-        return out
+        return State.R4_UNMASK, out
 
-    def _advance_r4(self, u5: frozenset[int]) -> dict[int, m.ServerMessage]:
-        responses = {v: msg for v, msg in self._received.items() if isinstance(msg, m.UnmaskShares)}
+    def _advance_r4(self, u5: frozenset[int]) -> tuple[State, dict[int, m.ServerMessage]]:
         inputs = UnmaskInputs(
             cfg=self.cfg,
             survivors=self._u3,
             dropped=tuple(sorted(self._u2 - set(self._u3))),
-            responses=responses,
+            responses={v: r for v, r in self._released.items() if v in u5},
             adverts=self._adverts,
-            held=self._held,
+            partners=self._partners,
+            self_commits=self._self_commits,
         )
         try:
             remove_masks(self._acc, inputs)
-        except CryptoError as exc:
-            self._fail(f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED)
+        except ReconstructionError as exc:
+            self.culprits.setdefault(exc.owner, f"R4: {exc}")
+            self._fail(f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED, exc.owner)
         self.result = self._acc
-        return {}
+        return State.COMPLETED, {}
 
 
 _TRANSITIONS: dict[tuple[State, type], _Handler] = {
     (State.R0_ADVERTISE_KEYS, m.AdvertiseKeys): SecAggServer._on_advertise,
+    (State.R0_REVEAL_SEED, m.SeedReveal): SecAggServer._on_reveal,
     (State.R1_SHARE_KEYS, m.EncryptedShares): SecAggServer._on_shares,
     (State.R2_MASKED_INPUT, m.MaskedInput): SecAggServer._on_masked_input,
     (State.R3_CONSISTENCY, m.ConsistencySignature): SecAggServer._on_consistency,
@@ -331,10 +435,12 @@ _TRANSITIONS: dict[tuple[State, type], _Handler] = {
 }
 """The server's transition table: (state, client message type) -> collector."""
 
-_ADVANCE: dict[State, Callable[[SecAggServer, frozenset[int]], dict[int, m.ServerMessage]]] = {
+_ADVANCE: dict[State, _Step] = {
     State.R0_ADVERTISE_KEYS: SecAggServer._advance_r0,
+    State.R0_REVEAL_SEED: SecAggServer._advance_seed,
     State.R1_SHARE_KEYS: SecAggServer._advance_r1,
     State.R2_MASKED_INPUT: SecAggServer._advance_r2,
     State.R3_CONSISTENCY: SecAggServer._advance_r3,
     State.R4_UNMASK: SecAggServer._advance_r4,
 }
+"""The server's advance table: collecting state -> step (returns the next state and messages)."""

@@ -1,0 +1,62 @@
+"""An in-memory enrollment authority for simulations, benchmarks and tests.
+
+It issues the same certificates as ``qflare authority`` (:mod:`qflare.protocol.identity`), so
+the simulated clients check their peers exactly as enrolled nodes do; only the token step of
+enrollment is skipped. One :class:`~qflare.protocol.identity.CertificateCache` is shared by the
+simulated devices of a process: each certificate is verified once, as a device verifies each
+peer once rather than every round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from qflare.crypto import MlDsa65Signer, Rng, SignatureScheme, Signer
+from qflare.protocol.identity import (
+    AuthorityKey,
+    CertificateBody,
+    CertificateCache,
+    IdentityDirectory,
+    issue_certificate,
+)
+
+__all__ = ["SimAuthority"]
+
+
+class SimAuthority:
+    """An authority key in this process, with a certificate cache for its simulated devices.
+
+    Args:
+        rng: Randomness for the authority key.
+    """
+
+    def __init__(self, rng: Rng) -> None:
+        self._signer = MlDsa65Signer.generate(rng)
+        self.key = AuthorityKey(public_key=self._signer.public_key)
+        self.cache = CertificateCache()
+        self._serial = 0
+
+    def certify(self, index: int, signer: Signer, *, kem_pk: bytes = b"") -> bytes:
+        """A certificate binding client ``index`` to ``signer``'s public key."""
+        self._serial += 1
+        body = CertificateBody(
+            authority=self.key.fingerprint,
+            serial=self._serial,
+            device_id=f"sim-{index}",
+            client_index=index,
+            scheme=SignatureScheme(signer.scheme),
+            identity_pk=signer.public_key,
+            kem_pk=kem_pk,
+            issued_at=0.0,
+        )
+        return issue_certificate(self._signer, body)
+
+    def certify_all(self, signers: Mapping[int, Signer]) -> dict[int, bytes]:
+        """Certificates of every signer, by client index."""
+        return {u: self.certify(u, s) for u, s in sorted(signers.items())}
+
+    def directory(
+        self, certificates: Mapping[int, bytes], scheme: SignatureScheme
+    ) -> IdentityDirectory:
+        """A directory over ``certificates`` checked against this authority (shared cache)."""
+        return IdentityDirectory(self.key, certificates, scheme=scheme, cache=self.cache)
