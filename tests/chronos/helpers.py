@@ -10,7 +10,7 @@ from qflare.sim.chronos_cohort import ChronosCohort, software_keystores
 from qflare.sim.cohort import expected_sum
 from tests.protocol.helpers import inputs, signers
 
-__all__ = ["config", "cohort", "exact", "inputs", "keystores"]
+__all__ = ["config", "cohort", "directory", "exact", "inputs", "keystores"]
 
 
 def config(
@@ -34,7 +34,6 @@ def config(
         t=t,
         dim=dim,
         modulus_bits=bits,
-        graph_seed=b"graph-seed-0001!",
         signature_scheme="ed25519",
         first_round=first_round,
         rounds=rounds,
@@ -43,6 +42,15 @@ def config(
 
 def keystores(cfg: EpochConfig, seed: int = 0) -> dict[int, SoftwareKeystore]:
     return software_keystores(cfg, seed=seed, signers=signers(len(cfg.participants)))
+
+
+def directory(stores) -> dict:
+    """The genuine identity directory of ``stores`` (certified by the default sim authority)."""
+    from qflare.crypto import SignatureScheme
+    from qflare.sim.identities import SimAuthority
+
+    keys = {u: ks.identity_public_key for u, ks in stores.items()}
+    return SimAuthority.default().endorsed(keys, SignatureScheme.ED25519)
 
 
 def cohort(cfg: EpochConfig, seed: int = 0, **kwargs) -> ChronosCohort:

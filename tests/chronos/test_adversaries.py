@@ -185,9 +185,11 @@ def test_forged_advertisement_is_refused_by_server_and_keystores():
     log = lax.run_offline()
     victim_err = log.client_errors.pop(VICTIM)  # it sees its own keys replaced
     assert victim_err.reason is AbortReason.INCONSISTENT_VIEW
-    assert set(log.client_errors) == set(range(N)) - {VICTIM}
-    for err in log.client_errors.values():
-        assert err.reason is AbortReason.BAD_SIGNATURE and err.client == VICTIM
+    assert not log.client_errors  # the others leave the forger out and go on
+    for u, ks in lax.keystores.items():
+        if u != VICTIM:
+            assert "badly signed" in ks.rejected[VICTIM]
+    assert VICTIM not in lax.server.roster
 
 
 def test_replaced_own_keys_and_tampered_shares_are_refused():
@@ -207,8 +209,9 @@ def test_replaced_own_keys_and_tampered_shares_are_refused():
     co = cohort(cfg, 10, server_hook=tamper)
     log = co.run_offline()
     assert log.client_errors[0].reason is AbortReason.INCONSISTENT_VIEW
-    assert log.client_errors[2].reason is AbortReason.BAD_CIPHERTEXT
-    assert log.client_errors[2].client == 4
+    assert 2 not in log.client_errors  # a tampered share costs 2 the share, not the epoch
+    assert "authentication" in co.keystores[2].rejected[4]
+    assert 4 in co.server.partners[2]  # still mask partners: only the held share is missing
 
 
 def test_replayed_round_start_and_stale_unmask_request_are_refused():

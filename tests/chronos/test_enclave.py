@@ -21,6 +21,7 @@ from qflare.protocol.chronos import EpochConfig, Mode, State, keys, recovery
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.errors import AbortReason, LocalProtocolError
 from qflare.sim.chronos_cohort import ChronosCohort
+from qflare.sim.identities import SimAuthority
 from qflare.tee import (
     AttestationError,
     AttestationFailure,
@@ -42,6 +43,7 @@ from tests.chronos.helpers import config, exact, inputs
 
 SCHEME = SignatureScheme.ED25519
 SECURE_BUDGET = 700
+AUTHORITY = SimAuthority.default()
 
 
 @pytest.fixture
@@ -53,16 +55,15 @@ def stack() -> Iterator[ExitStack]:
 def _devices(
     stack: ExitStack, root: Path, n: int, taps: Mapping[int, RecordingTap] | None = None
 ) -> dict[int, EnclaveKeystore]:
-    """``n`` enclave-backed devices, enrolled with each other's identity keys."""
+    """``n`` enclave-backed devices, provisioned with the simulation's authority key."""
     stores = {}
     for u in range(n):
         tap = taps[u] if taps else None
-        store = EnclaveKeystore.start(root / f"device{u}", u, scheme=SCHEME, tap=tap)
+        store = EnclaveKeystore.start(
+            root / f"device{u}", u, scheme=SCHEME, tap=tap, authority=AUTHORITY.key
+        )
         stack.callback(store.close)
         stores[u] = store
-    ids = {u: s.identity_public_key for u, s in stores.items()}
-    for store in stores.values():
-        store.enroll(ids)
     return stores
 
 
@@ -175,7 +176,9 @@ def _verifier(root: SimulatedRootCa, *, allow_simulated: bool, manifest=CHRONOS_
 
 
 def test_identity_key_attestation_refuses_simulated_and_forged_evidence(stack, tmp_path, root):
-    store = EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME, provisioner=root)
+    store = EnclaveKeystore.start(
+        tmp_path / "d", 0, scheme=SCHEME, provisioner=root, authority=AUTHORITY.key
+    )
     stack.callback(store.close)
     ok = store.attest(_verifier(root, allow_simulated=True))
     assert ok.simulated and ok.claims.ta_name == CHRONOS_TA.name
@@ -215,7 +218,9 @@ def test_identity_key_attestation_refuses_simulated_and_forged_evidence(stack, t
 
 def test_host_cannot_get_evidence_over_a_key_it_made(stack, tmp_path, root):
     """A compromised host asks the enclave to vouch for its own key: the TA refuses."""
-    store = EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME, provisioner=root)
+    store = EnclaveKeystore.start(
+        tmp_path / "d", 0, scheme=SCHEME, provisioner=root, authority=AUTHORITY.key
+    )
     stack.callback(store.close)
     host_key = Ed25519Signer(SecretBytes(b"\x05" * 32)).public_key
     with pytest.raises(AttestationError) as info:
@@ -246,13 +251,17 @@ def test_trusted_storage_is_small_and_flat_in_model_size(stack, tmp_path):
     assert abs(sealed[0] - sealed[1]) <= 4  # host-held state: only the varint of d differs
 
 
-def test_the_ta_runs_apart_and_its_identity_directory_is_installed_once(stack, tmp_path):
-    store = EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME)
+def test_the_ta_runs_apart_and_is_provisioned_once(stack, tmp_path):
+    store = EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME, authority=AUTHORITY.key)
     stack.callback(store.close)
     enclave = store.enclave
     assert isinstance(enclave, SimEnclave) and enclave.alive
     assert enclave.measurement == reference_measurement(CHRONOS_TA)
     assert store.status().phase == "no-epoch" and store.last_round() == 0
-    store.enroll({0: store.identity_public_key, 1: b"\x01" * 32})
-    with pytest.raises(TrustedAppError, match="already installed"):
-        store.enroll({0: store.identity_public_key, 1: b"\x02" * 32})  # a host posing as 1
+    sealed = store.sealed_state
+    store.close()
+    with pytest.raises(TrustedAppError, match="provisioned"):  # a fresh start is refused
+        EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME, authority=AUTHORITY.key)
+    again = EnclaveKeystore.start(tmp_path / "d", 0, scheme=SCHEME, sealed=sealed)
+    stack.callback(again.close)
+    assert again.identity_public_key == store.identity_public_key

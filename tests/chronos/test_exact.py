@@ -25,7 +25,8 @@ class CompleteGraphModel:
     def __init__(self, cfg: EpochConfig, offline: dict[int, State]) -> None:
         self.cfg = cfg
         advertised = {u for u in cfg.participants if offline.get(u) != State.O0_ADVERTISE_KEYS}
-        shared = {u for u in advertised if offline.get(u) != State.O1_SHARE_KEYS}
+        # silent from the seed step or O1 on: no shares (a complete graph has no seed step)
+        shared = {u for u in advertised if offline.get(u) in (None, State.O2_CONFIRM)}
         self.ok = len(advertised) >= cfg.t and len(shared) >= cfg.t
         self.roster = shared if self.ok else set()
         self.gone = set(offline)

@@ -104,8 +104,18 @@ def test_relay_roster_is_symmetric_and_meets_the_threshold():
         3: frozenset({2, 3, 4}),
         4: frozenset({3, 4}),
     }
-    partners = relay_roster(directory, frozenset({0, 1, 2, 3, 4}), 3)
+    everyone = {v: d - {v} for v, d in directory.items()}
+    partners = relay_roster(directory, everyone, 3)
     assert set(partners) == {0, 1, 2}  # 4 has one partner; then 3 has only 2 left
     for v, ps in partners.items():
         assert len(ps) + 1 >= 3 and all(v in partners[w] for w in ps)
-    assert relay_roster(directory, frozenset({0, 1}), 3) == {}
+    assert relay_roster(directory, {0: everyone[0], 1: everyone[1]}, 3) == {}
+
+
+def test_relay_roster_pairs_only_clients_that_shared_with_each_other():
+    directory = {v: frozenset(range(4)) for v in range(4)}
+    shared = {v: frozenset(range(4)) - {v} for v in range(4)}
+    shared[0] = frozenset({1, 2})  # client 0 rejected 3's advertisement
+    partners = relay_roster(directory, shared, 2)
+    assert 3 not in partners[0] and 0 not in partners[3]
+    assert partners[1] == frozenset({0, 2, 3})

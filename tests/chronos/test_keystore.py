@@ -11,7 +11,8 @@ from qflare.protocol.chronos import ChronosKeystore, MemoryCounter, Mode, Softwa
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.sim.chronos_cohort import ChronosCohort, software_keystores
-from tests.chronos.helpers import cohort, config, exact, inputs, keystores
+from qflare.sim.identities import SimAuthority
+from tests.chronos.helpers import cohort, config, directory, exact, inputs, keystores
 from tests.protocol.helpers import signers
 
 N = 5
@@ -48,9 +49,9 @@ def test_counter_refuses_reuse_and_epochs_below_it():
     with pytest.raises(LocalProtocolError):
         ks.mask(3, x[:-1].copy())  # wrong shape
     with pytest.raises(LocalProtocolError) as info:  # a new epoch may not reuse rounds either
-        ks.begin_epoch(config(N, N, 3, epoch=2, first_round=2))
+        ks.begin_epoch(config(N, N, 3, epoch=2, first_round=2), co.directory)
     assert info.value.reason is AbortReason.ROUND_REUSED
-    ks.begin_epoch(config(N, N, 3, epoch=2, first_round=3))
+    ks.begin_epoch(config(N, N, 3, epoch=2, first_round=3), co.directory)
     counter = MemoryCounter(7)
     with pytest.raises(LocalProtocolError):
         counter.advance(7)
@@ -97,13 +98,17 @@ def test_precomputation_is_bounded_and_discarded_when_stale():
 def test_exported_state_resumes_the_epoch_in_a_new_keystore():
     cfg = config(N, N, 3, mode=Mode.CHRONOS_DM, rounds=3)
     stores: dict[int, ChronosKeystore] = dict(keystores(cfg, 4))
-    ids = {u: k.identity_public_key for u, k in stores.items()}
     counter = MemoryCounter()  # the device's counter outlives the keystore process
-    stores[2] = SoftwareKeystore(2, signers(N)[2], ids, DeterministicRng(5), counter=counter)
+    authority = SimAuthority.default().key
+    stores[2] = SoftwareKeystore(
+        2, signers(N)[2], DeterministicRng(5), authority=authority, counter=counter
+    )
     co = ChronosCohort(cfg, stores)
     co.run_offline()
     co.run_round(1, inputs(cfg.dim))
-    fresh = SoftwareKeystore(2, signers(N)[2], {}, DeterministicRng(6), counter=counter)
+    fresh = SoftwareKeystore(
+        2, signers(N)[2], DeterministicRng(6), authority=authority, counter=counter
+    )
     fresh.restore_state(stores[2].export_state())
     co.keystores[2] = co.clients[2].keystore = fresh
     log = co.run_round(2, inputs(cfg.dim), {0: State.ON_MASKED_INPUT})
@@ -115,12 +120,13 @@ def test_exported_state_resumes_the_epoch_in_a_new_keystore():
 
 def test_keystore_refuses_calls_out_of_order():
     cfg = config(N, N, 3)
-    ks = keystores(cfg)[0]
+    stores = keystores(cfg)
+    ks, ids = stores[0], directory(stores)
     with pytest.raises(LocalProtocolError):
         ks.mask(1, inputs(cfg.dim)(0))
     with pytest.raises(LocalProtocolError):
         ks.precompute(1)
     with pytest.raises(LocalProtocolError):
-        ks.begin_epoch(msgspec.structs.replace(cfg, participants=(1, 2, 3, 4, 5)))
+        ks.begin_epoch(msgspec.structs.replace(cfg, participants=(1, 2, 3, 4, 5)), ids)
     with pytest.raises(LocalProtocolError):
-        ks.begin_epoch(msgspec.structs.replace(cfg, signature_scheme="mldsa65"))
+        ks.begin_epoch(msgspec.structs.replace(cfg, signature_scheme="mldsa65"), ids)

@@ -12,13 +12,26 @@ from qflare.protocol.chronos.server import _ADVANCE
 from qflare.protocol.chronos.server import _TRANSITIONS as SERVER_TABLE
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.sim.chronos_cohort import ChronosCohort
-from tests.chronos.helpers import cohort, config, exact, inputs, keystores
+from tests.chronos.helpers import cohort, config, directory, exact, inputs, keystores
 
 N, VICTIM = 6, 2
-CFG = config(N, N, 4, mode=Mode.CHRONOS_DM, rounds=2)
-SERVER_TYPES = [m.KeyDirectory, m.ShareRelay, m.RoundStart, m.UnmaskRequest]
-CLIENT_TYPES = [m.EpochKeys, m.EpochShares, m.EpochReady, m.MaskedInput, m.UnmaskShares]
-CLIENT_STATES = [State.O1_SHARE_KEYS, State.O2_CONFIRM, State.ON_MASKED_INPUT, State.ON_UNMASK]
+CFG = config(N, 5, 3, mode=Mode.CHRONOS_DM, rounds=2)  # sparse: the seed exchange runs too
+SERVER_TYPES = [m.SeedCommitments, m.KeyDirectory, m.ShareRelay, m.RoundStart, m.UnmaskRequest]
+CLIENT_TYPES = [
+    m.EpochKeys,
+    m.EpochSeedReveal,
+    m.EpochShares,
+    m.EpochReady,
+    m.MaskedInput,
+    m.UnmaskShares,
+]
+CLIENT_STATES = [
+    State.O0_REVEAL_SEED,
+    State.O1_SHARE_KEYS,
+    State.O2_CONFIRM,
+    State.ON_MASKED_INPUT,
+    State.ON_UNMASK,
+]
 SERVER_STATES = [*_ADVANCE]
 
 
@@ -134,15 +147,17 @@ def test_server_refuses_api_misuse():
 
 
 def test_client_refuses_start_twice_and_foreign_messages():
-    client = ChronosClient(CFG, keystores(CFG)[0])
+    stores = keystores(CFG)
+    client = ChronosClient(CFG, stores[0], directory(stores))
     client.start()
     with pytest.raises(LocalProtocolError):
         client.start()
     with pytest.raises(RemoteProtocolError) as info:
-        client.receive(TO_VICTIM[m.KeyDirectory])  # addressed to the victim, not to client 0
+        client.receive(TO_VICTIM[m.SeedCommitments])  # addressed to the victim, not to client 0
     assert info.value.reason is AbortReason.MALFORMED_MESSAGE and client.state is State.ABORTED
     with pytest.raises(LocalProtocolError):
-        ChronosClient(config(N, N, 4, epoch=2), keystores(config(8, 8, 4))[7])
+        other = keystores(config(8, 8, 5))
+        ChronosClient(config(N, N, 4, epoch=2), other[7], directory(other))
 
 
 def test_codec_roundtrip_and_rejections():

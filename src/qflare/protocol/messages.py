@@ -179,12 +179,7 @@ class SharePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 ClientMessage = (
-    AdvertiseKeys
-    | SeedReveal
-    | EncryptedShares
-    | MaskedInput
-    | ConsistencySignature
-    | UnmaskShares
+    AdvertiseKeys | SeedReveal | EncryptedShares | MaskedInput | ConsistencySignature | UnmaskShares
 )
 ServerMessage = SeedCommitments | KeyDirectory | ShareRelay | ConsistencyRequest | UnmaskRequest
 AnyMessage = ClientMessage | ServerMessage

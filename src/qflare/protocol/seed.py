@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from qflare.crypto import Rng
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
 
@@ -32,6 +34,7 @@ __all__ = [
     "REVEAL_BYTES",
     "SeedCollector",
     "SeedParticipant",
+    "SeedState",
     "commitment",
     "derive_seed",
 ]
@@ -68,6 +71,19 @@ def _refuse(why: str, state: str, client: int | None, reason: AbortReason) -> Re
     return RemoteProtocolError(why, state=state, client=client, reason=reason)
 
 
+class SeedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A participant's exchange state, for sealing between enclave commands (secret)."""
+
+    scope: str
+    client: int
+    max_restarts: int
+    attempt: int
+    reveal: bytes
+    next: bytes = b""
+    shown: dict[int, bytes] | None = None
+    members: tuple[int, ...] | None = None
+
+
 class SeedParticipant:
     """A client's side of the exchange (its reveals are drawn from the injected ``rng``).
 
@@ -85,6 +101,29 @@ class SeedParticipant:
         self._next = b""
         self._shown: dict[int, bytes] | None = None
         self._members: frozenset[int] | None = None
+
+    def export(self) -> SeedState:
+        """The exchange state (contains the unrevealed bytes: seal it, never send it)."""
+        members = None if self._members is None else tuple(sorted(self._members))
+        return SeedState(
+            scope=self._scope,
+            client=self._id,
+            max_restarts=self._max,
+            attempt=self._attempt,
+            reveal=self._reveal,
+            next=self._next,
+            shown=self._shown,
+            members=members,
+        )
+
+    @classmethod
+    def restore(cls, state: SeedState, rng: Rng) -> SeedParticipant:
+        """Resume from :meth:`export` output."""
+        p = cls(state.scope, state.client, rng, state.max_restarts)
+        p._attempt, p._reveal, p._next = state.attempt, state.reveal, state.next
+        p._shown = None if state.shown is None else dict(state.shown)
+        p._members = None if state.members is None else frozenset(state.members)
+        return p
 
     @property
     def first_commitment(self) -> bytes:

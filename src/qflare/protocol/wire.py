@@ -65,7 +65,8 @@ class RoundStart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     Attributes:
         config: Public round parameters.
         client_index: The node's id inside the round.
-        identities: Identity public keys of all participants (by client index).
+        certificates: Device certificates of the participants (by client index), issued by the
+            enrollment authority; the node checks each against the authority key it pinned.
         model_version: Version of ``weights``.
         weights: Current global model (flat float32, raw bytes).
         clip: Quantisation clipping range.
@@ -76,7 +77,7 @@ class RoundStart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     version: int = PROTOCOL_VERSION
     config: RoundConfig
     client_index: int
-    identities: dict[int, bytes]
+    certificates: dict[int, bytes]
     model_version: int
     weights: bytes
     clip: float

@@ -32,6 +32,9 @@ from qflare.protocol.chronos import (
 )
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.errors import ProtocolError
+from qflare.protocol.identity import EndorsedKey
+from qflare.protocol.policy import ClientPolicy
+from qflare.sim.identities import SimAuthority
 
 InputFn = Callable[[int], RingVector]
 ServerHook = Callable[[int, m.ServerMessage], m.ServerMessage | None]
@@ -104,8 +107,13 @@ def software_keystores(
     seed: int | None = None,
     signers: Mapping[int, Signer] | None = None,
     max_precomputed: int = 1,
+    authority: SimAuthority | None = None,
+    policy: ClientPolicy | None = None,
 ) -> dict[int, SoftwareKeystore]:
-    """One :class:`SoftwareKeystore` per participant (fresh identity keys unless given)."""
+    """One :class:`SoftwareKeystore` per participant (fresh identity keys unless given).
+
+    Each is provisioned with ``authority`` (default: :meth:`SimAuthority.default`).
+    """
 
     def rng(tag: str) -> Rng:
         return SystemRng() if seed is None else DeterministicRng(f"{seed}/{tag}".encode())
@@ -116,11 +124,17 @@ def software_keystores(
         if signers
         else {u: make_signer(scheme, rng(f"id{u}")) for u in cfg.participants}
     )
-    identities = {u: s.public_key for u, s in ids.items()}
+    key = (authority or SimAuthority.default()).key
     prg = MaskPrg(cfg.dim, cfg.modulus_bits)  # one device's scratch buffer, shared in simulation
     return {
         u: SoftwareKeystore(
-            u, ids[u], identities, rng(f"ks{u}"), prg=prg, max_precomputed=max_precomputed
+            u,
+            ids[u],
+            rng(f"ks{u}"),
+            authority=key,
+            policy=policy,
+            prg=prg,
+            max_precomputed=max_precomputed,
         )
         for u in cfg.participants
     }
@@ -135,6 +149,10 @@ class ChronosCohort:
         server_hook: Rewrites (or drops, returning ``None``) each server->client message.
         client_hook: Rewrites (or drops) each client->server message.
         server_verifies: Whether the server checks O0 signatures.
+        directory: The identity directory the server hands out (default: the keystores' keys,
+            certified by ``authority``); a test plays a key-substituting server here.
+        authority: Certifies the default directory (default: :meth:`SimAuthority.default`).
+        views: Per client, a directory shown to it instead of ``directory``.
     """
 
     def __init__(
@@ -145,11 +163,24 @@ class ChronosCohort:
         server_hook: ServerHook | None = None,
         client_hook: ClientHook | None = None,
         server_verifies: bool = True,
+        directory: Mapping[int, EndorsedKey] | None = None,
+        authority: SimAuthority | None = None,
+        views: Mapping[int, Mapping[int, EndorsedKey]] | None = None,
     ) -> None:
         self.cfg, self.keystores = config, dict(keystores)
         self.identities = {u: ks.identity_public_key for u, ks in self.keystores.items()}
+        scheme = SignatureScheme(config.signature_scheme)
+        self.directory = (
+            dict(directory)
+            if directory is not None
+            else (authority or SimAuthority.default()).endorsed(self.identities, scheme)
+        )
         self.server = ChronosServer(config, self.identities, verify_signatures=server_verifies)
-        self.clients = {u: ChronosClient(config, self.keystores[u]) for u in config.participants}
+        views = dict(views or {})
+        self.clients = {
+            u: ChronosClient(config, self.keystores[u], views.get(u, self.directory))
+            for u in config.participants
+        }
         self.server_hook, self.client_hook = server_hook, client_hook
         self._silent: dict[int, State] = {}
         self.gone: set[int] = set()

@@ -11,8 +11,9 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from qflare.crypto import RingVector, Rng, Signer
+from qflare.crypto import RingVector, Rng, SignatureScheme, Signer
 from qflare.protocol import messages as m
+from qflare.protocol.identity import AuthorityKey, CertificateCache, IdentityDirectory
 from qflare.protocol.quantize import QuantConfig, quantize
 from qflare.protocol.secagg import RoundRegistry, SecAggClient
 from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
@@ -29,10 +30,21 @@ class SimDevice:
         signer: Identity key.
         update: Local training stand-in.
         rng: Randomness for keys, masks and rounding.
+        authority: The enrollment authority key the device pinned.
+        cache: Verified certificates (shared by the simulated devices of a process).
     """
 
-    def __init__(self, device_id: str, signer: Signer, update: UpdateFn, rng: Rng) -> None:
+    def __init__(
+        self,
+        device_id: str,
+        signer: Signer,
+        update: UpdateFn,
+        rng: Rng,
+        authority: AuthorityKey,
+        cache: CertificateCache | None = None,
+    ) -> None:
         self.device_id, self.signer, self._update, self._rng = device_id, signer, update, rng
+        self._authority, self._cache = authority, cache or CertificateCache()
         self.registry = RoundRegistry()
         self.client: SecAggClient | None = None
         self._input: RingVector | None = None
@@ -45,8 +57,14 @@ class SimDevice:
         self._input = quantize(
             delta, weight, QuantConfig(s.clip, 32, s.max_total_weight), self._rng
         )
+        directory = IdentityDirectory(
+            self._authority,
+            s.certificates,
+            scheme=SignatureScheme(s.config.signature_scheme),
+            cache=self._cache,
+        )
         self.client = SecAggClient(
-            s.config, s.client_index, self.signer, s.identities, self._rng, self.registry
+            s.config, s.client_index, self.signer, directory, self._rng, self.registry
         )
         return self.client.start()
 

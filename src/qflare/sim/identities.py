@@ -10,12 +10,14 @@ peer once rather than every round.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 
-from qflare.crypto import MlDsa65Signer, Rng, SignatureScheme, Signer
+from qflare.crypto import DeterministicRng, MlDsa65Signer, Rng, SignatureScheme, Signer
 from qflare.protocol.identity import (
     AuthorityKey,
     CertificateBody,
     CertificateCache,
+    EndorsedKey,
     IdentityDirectory,
     issue_certificate,
 )
@@ -36,20 +38,39 @@ class SimAuthority:
         self.cache = CertificateCache()
         self._serial = 0
 
+    @staticmethod
+    @cache
+    def default() -> SimAuthority:
+        """The process's default simulation authority (a fixed, public test key)."""
+        return SimAuthority(DeterministicRng(b"qflare simulation authority"))
+
     def certify(self, index: int, signer: Signer, *, kem_pk: bytes = b"") -> bytes:
         """A certificate binding client ``index`` to ``signer``'s public key."""
+        return self.certify_key(index, SignatureScheme(signer.scheme), signer.public_key, kem_pk)
+
+    def certify_key(
+        self, index: int, scheme: SignatureScheme, public_key: bytes, kem_pk: bytes = b""
+    ) -> bytes:
+        """A certificate binding client ``index`` to ``public_key`` of ``scheme``."""
         self._serial += 1
         body = CertificateBody(
             authority=self.key.fingerprint,
             serial=self._serial,
             device_id=f"sim-{index}",
             client_index=index,
-            scheme=SignatureScheme(signer.scheme),
-            identity_pk=signer.public_key,
+            scheme=scheme,
+            identity_pk=public_key,
             kem_pk=kem_pk,
             issued_at=0.0,
         )
         return issue_certificate(self._signer, body)
+
+    def endorsed(self, keys: Mapping[int, bytes], scheme: SignatureScheme) -> dict[int, EndorsedKey]:
+        """CHRONOS directory entries certifying each keystore key directly (as a device key)."""
+        return {
+            u: EndorsedKey(certificate=self.certify_key(u, scheme, pk))
+            for u, pk in sorted(keys.items())
+        }
 
     def certify_all(self, signers: Mapping[int, Signer]) -> dict[int, bytes]:
         """Certificates of every signer, by client index."""

@@ -9,7 +9,6 @@ over the survivors reaches the strategy.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -19,11 +18,13 @@ import numpy.typing as npt
 from qflare.crypto import DeterministicRng, Rng, SignatureScheme, Signer, SystemRng, make_signer
 from qflare.fl import AggregateResult, FlatVector, Update
 from qflare.fl.attack_experiment import Observer
-from qflare.protocol.graph import find_params
+from qflare.protocol.graph import complete_threshold, find_params
 from qflare.protocol.messages import ClientMessage, MaskedInput, RoundConfig
+from qflare.protocol.policy import ClientPolicy
 from qflare.protocol.quantize import QuantConfig, dequantize, quantize
 from qflare.protocol.secagg import ROUNDS, State
 from qflare.sim.cohort import Cohort
+from qflare.sim.identities import SimAuthority
 
 
 class SecureProtocol(enum.StrEnum):
@@ -64,6 +65,8 @@ class SecAggAggregator:
         self.protocol = SecureProtocol(self.protocol)
         self.quant = QuantConfig(self.clip, self.modulus_bits, self.max_total_weight)
         self._rng: Rng = SystemRng() if self.seed is None else DeterministicRng(self.seed)
+        self._authority = SimAuthority(self._rng)
+        self._certs: dict[int, bytes] = {}
 
     def _signer(self, client: int) -> Signer:
         """Identity keys are made once per client (enrollment), then reused every round."""
@@ -71,14 +74,19 @@ class SecAggAggregator:
             self._signers[client] = make_signer(self.scheme, self._rng)
         return self._signers[client]
 
+    def _certificate(self, client: int) -> bytes:
+        """Each client's certificate is issued once (enrollment), then reused every round."""
+        if client not in self._certs:
+            self._certs[client] = self._authority.certify(client, self._signer(client))
+        return self._certs[client]
+
     def _config(self, round_id: int, ids: tuple[int, ...], dim: int) -> RoundConfig:
         n = len(ids)
         if self.protocol is SecureProtocol.SECAGG:
-            k, t = n, n // 2 + 1
+            k, t = n, complete_threshold(n, ClientPolicy().corrupt_fraction)
         else:
             p = find_params(n, dropout_fraction=max(self.dropout, 0.01))
             k, t = p.k, p.t
-        seed = hashlib.sha256(f"{self.session}/{round_id}".encode()).digest()[:16]
         return RoundConfig(
             session=self.session,
             round_id=round_id,
@@ -87,7 +95,6 @@ class SecAggAggregator:
             t=t,
             dim=dim,
             modulus_bits=self.modulus_bits,
-            graph_seed=seed,
             signature_scheme=self.scheme.value,
         )
 
@@ -112,6 +119,8 @@ class SecAggAggregator:
             seed=None if self.seed is None else self.seed + round_id,
             dropouts=self.last_dropouts,
             signers={u: self._signer(u) for u in ids},
+            authority=self._authority,
+            certificates={u: self._certificate(u) for u in ids},
         )
         res = cohort.run(lambda u: quantize(updates[u][0], updates[u][1], self.quant, self._rng))
         if res.total is None:
@@ -151,9 +160,8 @@ def attack_observers(
             round_id=int(rng.integers(1, 2**31)),
             participants=ids,
             k=cohort_size,
-            t=cohort_size // 2 + 1,
+            t=complete_threshold(cohort_size, ClientPolicy().corrupt_fraction),
             dim=gradient.size + 1,
-            graph_seed=b"attack-graph-sd!",
             signature_scheme="ed25519",
         )
         others = {u: rng.normal(0, float(np.std(gradient)) or 1.0, gradient.size) for u in ids[1:]}

@@ -17,7 +17,10 @@ import numpy as np
 
 from qflare.crypto import RingVector, SignatureScheme
 from qflare.protocol.chronos import messages as m
+from qflare.protocol.chronos.core import PolicyState
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
+from qflare.protocol.identity import AuthorityKey, EndorsedKey, encode_authority_key
+from qflare.protocol.policy import ClientPolicy
 from qflare.tee import chronos_ta as ta
 from qflare.tee.attestation import AttestationResult, AttestationVerifier, report_data_for
 from qflare.tee.certs import SimulatedRootCa
@@ -52,7 +55,9 @@ class EnclaveKeystore:
         enclave: A running enclave with the :data:`~qflare.tee.chronos_ta.CHRONOS_TA` loaded.
         client_id: The device's client id.
         scheme: Identity signature scheme.
-        sealed: The latest sealed state of this device (empty on first use).
+        sealed: The latest sealed state of this device (empty: provision it now).
+        authority: The enrollment authority key to provision (ignored when resuming).
+        policy: The client policy to provision (ignored when resuming).
         on_seal: Called with every new sealed state (e.g. to write it to disk).
     """
 
@@ -63,13 +68,21 @@ class EnclaveKeystore:
         *,
         scheme: SignatureScheme = SignatureScheme.MLDSA65,
         sealed: bytes = b"",
+        authority: AuthorityKey | None = None,
+        policy: ClientPolicy | None = None,
         on_seal: Callable[[bytes], None] | None = None,
     ) -> None:
         self._enclave, self._id, self._on_seal = enclave, client_id, on_seal
-        opened = self._call(
-            ta.OPEN, ta.OpenParams(client_id=client_id, scheme=scheme, sealed=sealed)
+        params = ta.OpenParams(
+            client_id=client_id,
+            scheme=scheme,
+            sealed=sealed,
+            authority=encode_authority_key(authority) if authority is not None else b"",
+            policy=PolicyState.of(policy or ClientPolicy()),
         )
+        opened = self._call(ta.OPEN, params)
         self._identity = opened.identity_public_key
+        self.rejected: dict[int, str] = {}  # peers the enclave left out this epoch, and why
         self._keep(opened.sealed)
 
     @classmethod
@@ -80,13 +93,24 @@ class EnclaveKeystore:
         *,
         scheme: SignatureScheme = SignatureScheme.MLDSA65,
         sealed: bytes = b"",
+        authority: AuthorityKey | None = None,
+        policy: ClientPolicy | None = None,
         provisioner: SimulatedRootCa | None = None,
         tap: ChannelTap | None = None,
+        on_seal: Callable[[bytes], None] | None = None,
     ) -> EnclaveKeystore:
         """Start a simulated enclave on the device ``state_dir`` and open the keystore in it."""
         enclave = SimEnclave.start(state_dir, ta.CHRONOS_TA, provisioner=provisioner, tap=tap)
         try:
-            return cls(enclave, client_id, scheme=scheme, sealed=sealed)
+            return cls(
+                enclave,
+                client_id,
+                scheme=scheme,
+                sealed=sealed,
+                authority=authority,
+                policy=policy,
+                on_seal=on_seal,
+            )
         except BaseException:
             enclave.close()
             raise
@@ -118,11 +142,7 @@ class EnclaveKeystore:
         """Shut the enclave down (the sealed state and the counter survive)."""
         self._enclave.close()
 
-    # ---- enrollment and attestation -----------------------------------------------------------
-
-    def enroll(self, identities: Mapping[int, bytes]) -> None:
-        """Install the identity directory inside the enclave (sealed from then on)."""
-        self._keep(self._call(ta.ENROLL, ta.EnrollParams(identities=dict(identities))).sealed)
+    # ---- attestation --------------------------------------------------------------------------
 
     def evidence(self, nonce: bytes) -> bytes:
         """Attestation evidence binding this device's identity key and a verifier's ``nonce``."""
@@ -153,22 +173,35 @@ class EnclaveKeystore:
         """The enclave's round counter."""
         return self.status().last_round
 
-    def begin_epoch(self, config: m.EpochConfig) -> m.EpochKeys:
-        """O0 inside the enclave."""
-        result = self._call(ta.BEGIN_EPOCH, ta.BeginEpoch(config=config))
+    def begin_epoch(
+        self, config: m.EpochConfig, directory: Mapping[int, EndorsedKey]
+    ) -> m.EpochKeys:
+        """O0 inside the enclave (the directory is checked there)."""
+        params = ta.BeginEpoch(config=config, directory=dict(directory))
+        result = self._call(ta.BEGIN_EPOCH, params)
+        self._keep(result.sealed)
+        self.rejected = dict(result.rejected)
+        return result.message
+
+    def reveal_seed(self, msg: m.SeedCommitments) -> m.EpochSeedReveal:
+        """O0 seed reveal inside the enclave."""
+        result = self._call(ta.REVEAL_SEED, ta.RevealSeed(commitments=msg))
         self._keep(result.sealed)
         return result.message
+
 
     def share_keys(self, directory: m.KeyDirectory) -> m.EpochShares:
         """O1 inside the enclave."""
         result = self._call(ta.SHARE_KEYS, ta.ShareKeys(directory=directory))
         self._keep(result.sealed)
+        self.rejected = dict(result.rejected)
         return result.message
 
     def accept_shares(self, relay: m.ShareRelay) -> m.EpochReady:
         """O2 inside the enclave."""
         result = self._call(ta.ACCEPT_SHARES, ta.AcceptShares(relay=relay))
         self._keep(result.sealed)
+        self.rejected = dict(result.rejected)
         return result.message
 
     def precompute(self, round_id: int) -> None:

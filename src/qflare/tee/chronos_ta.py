@@ -3,7 +3,12 @@
 The TA wraps the one implementation of the keystore's secret logic
 (:class:`~qflare.protocol.chronos.core.KeystoreCore`) with the enclave's services:
 
-* the **identity key** is made inside from the enclave CSPRNG; only its public half leaves;
+* the **identity key** is made inside from the enclave CSPRNG when the device is provisioned;
+  only its public half leaves. Provisioning also seals the **enrollment authority's key** and
+  the client's **policy**: every later identity directory is checked against that key inside,
+  and a provisioned device never opens again without its sealed state (a monotonic counter
+  ``provisioned`` records it), so a compromised OS cannot start it afresh with an authority of
+  its own;
 * the **round counter** is the enclave's named monotonic counter ``round`` (trusted storage),
   advanced before a masked vector is returned, so a round's masks are used once -- also after
   a restart, and whatever sealed blob the host hands back;
@@ -38,8 +43,9 @@ from qflare.crypto import (
     ring_dtype,
 )
 from qflare.protocol.chronos import messages as m
-from qflare.protocol.chronos.core import KeystoreCore
+from qflare.protocol.chronos.core import KeystoreCore, PolicyState
 from qflare.protocol.errors import LocalProtocolError, ProtocolError
+from qflare.protocol.identity import EndorsedKey, IdentityError, decode_authority_key
 from qflare.tee.errors import TrustedAppError
 from qflare.tee.ta import Command, CommandTable, TaContext, TaManifest
 
@@ -47,6 +53,7 @@ P = TypeVar("P", bound=msgspec.Struct)
 R = TypeVar("R", bound=msgspec.Struct)
 
 ROUND_COUNTER = "round"
+PROVISIONED_COUNTER = "provisioned"
 STATE_LABEL = "state"
 REFUSAL_PREFIX = "chronos-refusal:"
 _SEED_BYTES = 32
@@ -63,11 +70,17 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OpenParams(msgspec.Struct, frozen=True, kw_only=True):
-    """Create a device (``sealed`` empty) or resume one from its latest sealed state."""
+    """Provision a device (``sealed`` empty) or resume one from its latest sealed state.
+
+    ``authority`` (an encoded authority key) and ``policy`` are used only when provisioning; a
+    resumed device keeps the ones sealed with it.
+    """
 
     client_id: int
     scheme: SignatureScheme
     sealed: bytes = b""
+    authority: bytes = b""
+    policy: PolicyState = msgspec.field(default_factory=PolicyState)
     version: int = 1
 
 
@@ -81,13 +94,6 @@ class Opened(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
 
 
-class EnrollParams(msgspec.Struct, frozen=True, kw_only=True):
-    """Install the identity directory (enrollment; sealed with the state afterwards)."""
-
-    identities: dict[int, bytes]
-    version: int = 1
-
-
 class Sealed(msgspec.Struct, frozen=True, kw_only=True):
     """The new sealed state after a change."""
 
@@ -96,9 +102,25 @@ class Sealed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class BeginEpoch(msgspec.Struct, frozen=True, kw_only=True):
-    """O0 parameters."""
+    """O0 parameters: the epoch and its identity directory (checked inside)."""
 
     config: m.EpochConfig
+    directory: dict[int, EndorsedKey]
+    version: int = 1
+
+
+class RevealSeed(msgspec.Struct, frozen=True, kw_only=True):
+    """O0 (sparse graphs): the server's seed commitments."""
+
+    commitments: m.SeedCommitments
+    version: int = 1
+
+
+class RevealResult(msgspec.Struct, frozen=True, kw_only=True):
+    """Our seed reveal and the new sealed state."""
+
+    message: m.EpochSeedReveal
+    sealed: bytes
     version: int = 1
 
 
@@ -107,6 +129,7 @@ class KeysResult(msgspec.Struct, frozen=True, kw_only=True):
 
     message: m.EpochKeys
     sealed: bytes
+    rejected: dict[int, str] = {}
     version: int = 1
 
 
@@ -122,6 +145,7 @@ class SharesResult(msgspec.Struct, frozen=True, kw_only=True):
 
     message: m.EpochShares
     sealed: bytes
+    rejected: dict[int, str] = {}
     version: int = 1
 
 
@@ -137,6 +161,7 @@ class ReadyResult(msgspec.Struct, frozen=True, kw_only=True):
 
     message: m.EpochReady
     sealed: bytes
+    rejected: dict[int, str] = {}
     version: int = 1
 
 
@@ -205,7 +230,7 @@ class _TaState(msgspec.Struct, frozen=True, kw_only=True):
 
 
 OPEN = Command(1, "open", OpenParams, Opened)
-ENROLL = Command(2, "enroll", EnrollParams, Sealed)
+REVEAL_SEED = Command(2, "reveal-seed", RevealSeed, RevealResult)
 BEGIN_EPOCH = Command(3, "begin-epoch", BeginEpoch, KeysResult)
 SHARE_KEYS = Command(4, "share-keys", ShareKeys, SharesResult)
 ACCEPT_SHARES = Command(5, "accept-shares", AcceptShares, ReadyResult)
@@ -219,7 +244,7 @@ CHRONOS_TA = TaManifest(
     module="qflare.tee.chronos_ta",
     commands=(
         OPEN,
-        ENROLL,
+        REVEAL_SEED,
         BEGIN_EPOCH,
         SHARE_KEYS,
         ACCEPT_SHARES,
@@ -310,7 +335,12 @@ class ChronosTa:
         return self._ctx.seal(msgspec.msgpack.encode(state), label=STATE_LABEL)
 
     def open(self, params: OpenParams) -> Opened:
-        """Create the device's identity, or resume from the latest sealed state."""
+        """Provision the device (identity, authority, policy), or resume its sealed state.
+
+        Raises:
+            TrustedAppError: a provisioned device opened without its sealed state, a malformed
+                authority key, or a sealed state of another client or scheme.
+        """
         restored: _TaState | None = None
         if params.sealed:
             plain = self._ctx.unseal(params.sealed, label=STATE_LABEL)
@@ -319,12 +349,27 @@ class ChronosTa:
                 raise TrustedAppError("sealed state belongs to another client or scheme")
             self._seed = SecretBytes(restored.identity_seed)
         else:
+            self._provision_once()
             self._seed = SecretBytes(self._ctx.rng.random_bytes(_SEED_BYTES))
         self._scheme = params.scheme
         signer = signer_from_seed(params.scheme, self._seed)
-        core = KeystoreCore(params.client_id, signer, {}, self._ctx.rng, _TaCounter(self._ctx))
+        counter = _TaCounter(self._ctx)
         if restored is not None:
+            core = KeystoreCore(params.client_id, signer, self._ctx.rng, counter)
             core.restore_state(SecretBytes(restored.core))
+        else:
+            try:
+                authority = decode_authority_key(params.authority)
+            except IdentityError as exc:
+                raise TrustedAppError(f"provisioning needs an authority key: {exc}") from None
+            core = KeystoreCore(
+                params.client_id,
+                signer,
+                self._ctx.rng,
+                counter,
+                authority=authority,
+                policy=params.policy.policy(),
+            )
         self._core = core
         return Opened(
             identity_public_key=core.identity_public_key,
@@ -333,32 +378,42 @@ class ChronosTa:
             sealed=params.sealed if restored is not None else self._seal(),
         )
 
-    def enroll(self, params: EnrollParams) -> Sealed:
-        """Install the identity directory, once: the host may not swap it later.
+    def _provision_once(self) -> None:
+        """A device is provisioned once; afterwards it opens only with its sealed state.
 
-        The directory decides whose signed keys the TA trusts; a host that could replace it
-        would pose as every neighbour and collect enough shares to rebuild the TA's keys.
+        Otherwise a compromised OS could start it afresh with an authority key of its own and
+        then install a directory of keys it made.
         """
-        core = self._need()
-        if core.enrolled:
-            raise TrustedAppError("the identity directory is already installed")
-        core.enroll(params.identities)
-        return Sealed(sealed=self._seal())
+        if self._ctx.counter_read(PROVISIONED_COUNTER) > 0:
+            raise TrustedAppError("this device is provisioned: open it with its sealed state")
+        self._ctx.counter_advance(PROVISIONED_COUNTER, 1)
 
     def begin_epoch(self, params: BeginEpoch) -> KeysResult:
-        """O0: fresh epoch keys, signed inside."""
-        message = self._need().begin_epoch(params.config)
-        return KeysResult(message=message, sealed=self._seal())
+        """O0: check the directory against the sealed authority key; fresh keys, signed inside.
+
+        The directory decides whose signed keys the TA trusts: each entry must chain to the
+        authority sealed at provisioning, so the host cannot pose as a neighbour.
+        """
+        core = self._need()
+        message = core.begin_epoch(params.config, params.directory)
+        return KeysResult(message=message, sealed=self._seal(), rejected=dict(core.rejected))
+
+    def reveal_seed(self, params: RevealSeed) -> RevealResult:
+        """O0 (sparse graphs): our seed contribution, drawn and revealed inside."""
+        message = self._need().reveal_seed(params.commitments)
+        return RevealResult(message=message, sealed=self._seal())
 
     def share_keys(self, params: ShareKeys) -> SharesResult:
         """O1: verify, agree and share, inside."""
-        message = self._need().share_keys(params.directory)
-        return SharesResult(message=message, sealed=self._seal())
+        core = self._need()
+        message = core.share_keys(params.directory)
+        return SharesResult(message=message, sealed=self._seal(), rejected=dict(core.rejected))
 
     def accept_shares(self, params: AcceptShares) -> ReadyResult:
         """O2: open neighbours' shares inside."""
-        message = self._need().accept_shares(params.relay)
-        return ReadyResult(message=message, sealed=self._seal())
+        core = self._need()
+        message = core.accept_shares(params.relay)
+        return ReadyResult(message=message, sealed=self._seal(), rejected=dict(core.rejected))
 
     def precompute(self, params: RoundParams) -> Empty:
         """Idle: combine the round's masks into enclave memory."""
@@ -397,7 +452,7 @@ def build(ctx: TaContext) -> CommandTable:
     ta = ChronosTa(ctx)
     table = CommandTable(CHRONOS_TA)
     table.register(OPEN, _guard(ta.open))
-    table.register(ENROLL, _guard(ta.enroll))
+    table.register(REVEAL_SEED, _guard(ta.reveal_seed))
     table.register(BEGIN_EPOCH, _guard(ta.begin_epoch))
     table.register(SHARE_KEYS, _guard(ta.share_keys))
     table.register(ACCEPT_SHARES, _guard(ta.accept_shares))

@@ -8,7 +8,7 @@ pairwise seed or a share in the clear -- except the shares the keystore decides 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 from qflare.crypto import RingVector, ring_dtype
@@ -22,6 +22,7 @@ from qflare.protocol.errors import (
     ProtocolError,
     RemoteProtocolError,
 )
+from qflare.protocol.identity import EndorsedKey
 
 _Handler = Callable[["ChronosClient", Any], m.ClientMessage]
 
@@ -32,14 +33,21 @@ class ChronosClient:
     Args:
         config: Public epoch parameters.
         keystore: Where this client's secrets live (software or enclave).
+        directory: The participants' certificates and keystore-key endorsements (from the
+            server; the keystore checks them against the enrollment authority).
     """
 
-    def __init__(self, config: m.EpochConfig, keystore: ChronosKeystore) -> None:
+    def __init__(
+        self,
+        config: m.EpochConfig,
+        keystore: ChronosKeystore,
+        directory: Mapping[int, EndorsedKey],
+    ) -> None:
         self.id = keystore.client_id
         config_is_sound(config, state="INIT")
         if self.id not in config.participants:
             raise LocalProtocolError("client is not a participant", state="INIT", client=self.id)
-        self.cfg, self.keystore = config, keystore
+        self.cfg, self.keystore, self._directory = config, keystore, dict(directory)
         self.state = State.O0_ADVERTISE_KEYS
         self.partners: tuple[int, ...] = ()
         self.masked_rounds: list[int] = []
@@ -51,8 +59,8 @@ class ChronosClient:
         """O0: have the keystore make this epoch's keys; return the signed advertisement."""
         if self.state is not State.O0_ADVERTISE_KEYS:
             raise LocalProtocolError("start() called twice", state=self.state.value, client=self.id)
-        msg = self.keystore.begin_epoch(self.cfg)
-        self.state = State.O1_SHARE_KEYS
+        msg = self.keystore.begin_epoch(self.cfg, self._directory)
+        self.state = State.O0_REVEAL_SEED if self.cfg.sparse else State.O1_SHARE_KEYS
         return msg
 
     def set_input(self, vector: RingVector) -> None:
@@ -113,6 +121,11 @@ class ChronosClient:
 
     # ---- offline ------------------------------------------------------------------------------
 
+    def _on_commitments(self, msg: m.SeedCommitments) -> m.EpochSeedReveal:
+        reply = self.keystore.reveal_seed(msg)
+        self.state = State.O1_SHARE_KEYS
+        return reply
+
     def _on_directory(self, msg: m.KeyDirectory) -> m.EpochShares:
         reply = self.keystore.share_keys(msg)
         self.state = State.O2_CONFIRM
@@ -149,6 +162,8 @@ class ChronosClient:
 
 
 _TRANSITIONS: dict[tuple[State, type], _Handler] = {
+    (State.O0_REVEAL_SEED, m.SeedCommitments): ChronosClient._on_commitments,
+    (State.O1_SHARE_KEYS, m.SeedCommitments): ChronosClient._on_commitments,
     (State.O1_SHARE_KEYS, m.KeyDirectory): ChronosClient._on_directory,
     (State.O2_CONFIRM, m.ShareRelay): ChronosClient._on_relay,
     (State.ON_MASKED_INPUT, m.RoundStart): ChronosClient._on_round_start,

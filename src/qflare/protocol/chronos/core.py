@@ -30,6 +30,17 @@ from qflare.protocol.chronos.invariants import (
 )
 from qflare.protocol.chronos.states import State
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
+from qflare.protocol.graph import neighbourhoods
+from qflare.protocol.identity import (
+    AuthorityKey,
+    EndorsedKey,
+    IdentityError,
+    decode_authority_key,
+    encode_authority_key,
+    verify_endorsed_key,
+)
+from qflare.protocol.policy import ClientPolicy, check_round_params
+from qflare.protocol.seed import SeedParticipant, SeedState
 
 _STATE_VERSION = 1
 
@@ -55,13 +66,46 @@ class Phase(enum.StrEnum):
     READY = "ready"
 
 
+class PolicyState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A :class:`~qflare.protocol.policy.ClientPolicy`, as sealed with the keystore."""
+
+    corrupt_fraction: float = 0.05
+    security_bits: int = 40
+    min_cohort: int = 3
+    max_seed_restarts: int = 2
+
+    @classmethod
+    def of(cls, policy: ClientPolicy) -> PolicyState:
+        """The sealable form of ``policy``."""
+        return cls(
+            corrupt_fraction=policy.corrupt_fraction,
+            security_bits=policy.security_bits,
+            min_cohort=policy.min_cohort,
+            max_seed_restarts=policy.max_seed_restarts,
+        )
+
+    def policy(self) -> ClientPolicy:
+        """Back to a :class:`ClientPolicy` (validated again)."""
+        return ClientPolicy(
+            corrupt_fraction=self.corrupt_fraction,
+            security_bits=self.security_bits,
+            min_cohort=self.min_cohort,
+            max_seed_restarts=self.max_seed_restarts,
+        )
+
+
 class CoreState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything a keystore must persist (secret: only ever sealed, never sent in the clear)."""
 
     version: int = _STATE_VERSION
     phase: Phase
+    authority: bytes = b""
+    policy: PolicyState = msgspec.field(default_factory=PolicyState)
     identities: dict[int, bytes] = {}
+    rejected: dict[int, str] = {}
     config: m.EpochConfig | None = None
+    seed: SeedState | None = None
+    graph_seed: bytes = b""
     enc_private: bytes = b""
     mask_private: tuple[bytes, ...] = ()
     self_secrets: tuple[bytes, ...] = ()
@@ -75,12 +119,19 @@ class CoreState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 class KeystoreCore:
     """A CHRONOS client's secrets and the rules for using them.
 
+    Every value from outside (the host OS, the server) is checked here: the epoch parameters
+    against the sealed :class:`~qflare.protocol.policy.ClientPolicy`, each peer's identity
+    against the enrollment authority's key fixed at provisioning, the graph seed against the
+    commitments, each peer's keys and shares.
+
     Args:
         client_id: The client's id.
-        signer: The device identity key.
-        identities: Identity public keys of all clients (trusted: installed at enrollment).
-        rng: Randomness for keys, secrets and Shamir polynomials.
+        signer: The keystore's identity key (the device key, or a key made inside an enclave
+            and endorsed by the device key).
+        rng: Randomness for keys, secrets, seeds and Shamir polynomials.
         counter: The monotonic round counter.
+        authority: The enrollment authority's key (provisioning: fixed for the keystore's life).
+        policy: The client's policy (provisioning, likewise).
         prg: Mask expander to reuse (its buffer is allocated once per device).
         max_precomputed: How many rounds of combined masks to keep (memory bound).
     """
@@ -89,20 +140,31 @@ class KeystoreCore:
         self,
         client_id: int,
         signer: Signer,
-        identities: Mapping[int, bytes],
         rng: Rng,
         counter: RoundCounter,
         *,
+        authority: AuthorityKey | None = None,
+        policy: ClientPolicy | None = None,
         prg: MaskPrg | None = None,
         max_precomputed: int = 1,
     ) -> None:
         self._id, self._signer, self._rng, self._counter = client_id, signer, rng, counter
         self._prg, self._max_pre = prg, max(0, max_precomputed)
         self._pre: dict[int, RingVector] = {}
-        self._load(CoreState(phase=Phase.NO_EPOCH, identities=dict(identities)))
+        self._load(
+            CoreState(
+                phase=Phase.NO_EPOCH,
+                authority=encode_authority_key(authority) if authority is not None else b"",
+                policy=PolicyState.of(policy or ClientPolicy()),
+            )
+        )
 
     def _load(self, st: CoreState) -> None:
         self._phase, self._cfg, self._identities = st.phase, st.config, dict(st.identities)
+        self._authority = decode_authority_key(st.authority) if st.authority else None
+        self._policy_state, self.rejected = st.policy, dict(st.rejected)
+        self._seed = SeedParticipant.restore(st.seed, self._rng) if st.seed else None
+        self._graph_seed = st.graph_seed
         self._enc = X25519KeyPair(SecretBytes(st.enc_private)) if st.enc_private else None
         self._mask_keys = [X25519KeyPair(SecretBytes(k)) for k in st.mask_private]
         self._secrets = [SecretBytes(s) for s in st.self_secrets]
@@ -116,12 +178,22 @@ class KeystoreCore:
         self._shape = (cfg.dim,) if cfg else (0,)
         self._dtype = ring_dtype(cfg.modulus_bits if cfg else 32)
 
+    def _state(self, phase: Phase, config: m.EpochConfig | None) -> CoreState:
+        return CoreState(
+            phase=phase,
+            authority=encode_authority_key(self._authority) if self._authority else b"",
+            policy=self._policy_state,
+            config=config,
+        )
+
     def export_state(self) -> SecretBytes:
         """The keystore's secret state, encoded for sealing (never to be sent in the clear)."""
-        st = CoreState(
-            phase=self._phase,
+        st = msgspec.structs.replace(
+            self._state(self._phase, self._cfg),
             identities=dict(sorted(self._identities.items())),
-            config=self._cfg,
+            rejected=dict(sorted(self.rejected.items())),
+            seed=self._seed.export() if self._seed else None,
+            graph_seed=self._graph_seed,
             enc_private=self._enc.private_bytes().reveal() if self._enc else b"",
             mask_private=tuple(k.private_bytes().reveal() for k in self._mask_keys),
             self_secrets=tuple(s.reveal() for s in self._secrets),
@@ -145,14 +217,15 @@ class KeystoreCore:
             raise LocalProtocolError("keystore state does not decode", state="RESTORE") from None
         self._load(st)
 
-    def enroll(self, identities: Mapping[int, bytes]) -> None:
-        """Install the identity directory (a trusted step of enrollment; sealed with the state)."""
-        self._identities = dict(identities)
+    @property
+    def authority(self) -> AuthorityKey | None:
+        """The enrollment authority key this keystore checks identities against."""
+        return self._authority
 
     @property
-    def enrolled(self) -> bool:
-        """Whether an identity directory is installed."""
-        return bool(self._identities)
+    def policy(self) -> ClientPolicy:
+        """The policy this keystore checks epoch parameters against."""
+        return self._policy_state.policy()
 
     # ---- properties ---------------------------------------------------------------------------
 
@@ -216,32 +289,103 @@ class KeystoreCore:
 
     # ---- O0: fresh keys -----------------------------------------------------------------------
 
-    def begin_epoch(self, config: m.EpochConfig) -> m.EpochKeys:
-        """Make the epoch's keys (and ``chronos-dm`` self-mask secrets); sign the public halves.
+    def begin_epoch(
+        self, config: m.EpochConfig, directory: Mapping[int, EndorsedKey]
+    ) -> m.EpochKeys:
+        """Check the epoch and its identity directory; make the epoch's keys; sign them.
+
+        Each directory entry must chain to the enrollment authority (certificate, then the
+        device's endorsement of its keystore key); entries that do not are left out (named in
+        :attr:`rejected`), and this keystore's own entry must be its own key.
 
         Raises:
-            LocalProtocolError: unsound config, not a participant, or rounds already used.
+            LocalProtocolError: unsound or weaker-than-policy config, not a participant, no
+                authority provisioned, or rounds already used.
+            RemoteProtocolError: the directory lists another key for this client.
         """
         st = State.O0_ADVERTISE_KEYS.value
         config_is_sound(config, state=st)
+        policy = self.policy
+        check_round_params(len(config.participants), config.k, config.t, policy, state=st)
         never_reuse_counter(self._counter.read(), config.first_round, state=st, client=self._id)
         if self._id not in config.participants or config.signature_scheme != self._signer.scheme:
             raise LocalProtocolError("not a participant or wrong identity scheme", state=st)
-        self._load(CoreState(phase=Phase.ADVERTISED, identities=self._identities, config=config))
+        identities, rejected = self._verified(config, directory)
+        self._load(self._state(Phase.ADVERTISED, config))
+        self._identities, self.rejected = identities, rejected
         self._enc = X25519KeyPair.generate(self._rng)
         self._mask_keys = [X25519KeyPair.generate(self._rng) for _ in range(config.key_count)]
         rounds = config.rounds if config.double_masking else 0
         self._secrets = [
             SecretBytes(self._rng.random_bytes(keys.SECRET_BYTES)) for _ in range(rounds)
         ]
+        if config.sparse:
+            scope = keys.scope(config)
+            self._seed = SeedParticipant(scope, self._id, self._rng, policy.max_seed_restarts)
+        commit = self._seed.first_commitment if self._seed else b""
         mask_pks = tuple(k.public for k in self._mask_keys)
-        transcript = keys.advertise_transcript(config, self._id, self._enc.public, mask_pks)
+        transcript = keys.advertise_transcript(config, self._id, self._enc.public, mask_pks, commit)
         return m.EpochKeys(
             epoch=config.epoch,
             sender=self._id,
             enc_pk=self._enc.public,
             mask_pks=mask_pks,
             signature=self._signer.sign(transcript, context=keys.ADVERTISE_CONTEXT),
+            seed_commit=commit,
+        )
+
+    def _verified(
+        self, cfg: m.EpochConfig, directory: Mapping[int, EndorsedKey]
+    ) -> tuple[dict[int, bytes], dict[int, str]]:
+        state = State.O0_ADVERTISE_KEYS.value
+        authority = self._authority
+        if authority is None:
+            raise LocalProtocolError("no enrollment authority was provisioned", state=state)
+        identities: dict[int, bytes] = {}
+        rejected: dict[int, str] = {}
+        for index in cfg.participants:
+            entry = directory.get(index)
+            try:
+                if entry is None:
+                    raise IdentityError("no certificate")
+                body, key = verify_endorsed_key(entry, authority, cfg.session, index)
+                if body.scheme.value != cfg.signature_scheme:
+                    raise IdentityError(f"certificate is for {body.scheme.value} keys")
+            except IdentityError as exc:
+                rejected[index] = str(exc)
+                continue
+            identities[index] = key
+        if identities.get(self._id) != self._signer.public_key:
+            raise RemoteProtocolError(
+                "the directory lists another identity for this keystore",
+                state=state,
+                client=self._id,
+                reason=AbortReason.INCONSISTENT_VIEW,
+            )
+        return identities, rejected
+
+    def reveal_seed(self, msg: m.SeedCommitments) -> m.EpochSeedReveal:
+        """O0 (sparse graphs): check the commitment list; reveal our contribution.
+
+        Raises:
+            RemoteProtocolError: as :meth:`qflare.protocol.seed.SeedParticipant.on_commitments`.
+        """
+        state = State.O0_REVEAL_SEED
+        cfg = self._require(Phase.ADVERTISED, state)
+        self._check_addressed(cfg, msg, state)
+        if self._seed is None:
+            self._refuse(
+                "no seed exchange in a complete graph", state, AbortReason.UNEXPECTED_MESSAGE
+            )
+        reveal, nxt = self._seed.on_commitments(
+            msg.attempt,
+            msg.commitments,
+            frozenset(cfg.participants),
+            cfg.t,
+            state=state.value,
+        )
+        return m.EpochSeedReveal(
+            epoch=cfg.epoch, sender=self._id, attempt=msg.attempt, reveal=reveal, next_commit=nxt
         )
 
     # ---- O1: verify, derive, share ------------------------------------------------------------
@@ -250,7 +394,7 @@ class KeystoreCore:
         """Verify the neighbours' signed keys, derive pairwise keys, share secrets encrypted.
 
         Raises:
-            RemoteProtocolError: the directory is inconsistent or an advertisement is forged.
+            RemoteProtocolError: the directory contradicts itself or us, or too few usable peers.
         """
         state = State.O1_SHARE_KEYS
         cfg = self._require(Phase.ADVERTISED, state)
@@ -258,6 +402,11 @@ class KeystoreCore:
         enc = self._enc
         if enc is None:
             raise LocalProtocolError("no encryption key", state=state.value, client=self._id)
+        if self._seed is not None:
+            self._graph_seed = self._seed.on_reveals(directory.reveals, state=state.value)
+        elif directory.reveals:
+            self._refuse("seed reveals in a complete graph", state, AbortReason.MALFORMED_MESSAGE)
+        closed = neighbourhoods(cfg.participants, cfg.k, self._graph_seed)[self._id] | {self._id}
         own = m.EpochKeys(
             epoch=cfg.epoch,
             sender=self._id,
@@ -265,41 +414,83 @@ class KeystoreCore:
             mask_pks=tuple(k.public for k in self._mask_keys),
             signature=b"",
         )
-        peers = offline.check_directory(cfg, self._id, own, directory)
-        offline.verify_advertisements(cfg, self._identities, directory.entries)
-        derived = offline.derive_pairwise(cfg, self._id, enc, self._mask_keys, peers)
+        peers = offline.check_directory(cfg, self._id, own, directory, closed)
+        usable = self._usable(cfg, peers)
+        derived = offline.derive_pairwise(cfg, self._id, enc, self._mask_keys, usable)
+        for v, why in derived.rejected.items():
+            self.rejected.setdefault(v, why)
+        holders = sorted({*derived.send, self._id})
+        partners_meet_threshold(list(derived.send), cfg.t, state=state.value, client=self._id)
         self._recv, self._pairs = derived.recv, derived.pairs
-        payloads = offline.split_shares(
-            cfg, self._id, sorted(peers), self._mask_keys, self._secrets, self._rng
+        dealt = offline.split_shares(
+            cfg, self._id, holders, self._mask_keys, self._secrets, self._rng
         )
-        self._held = {self._id: payloads[self._id]}
+        self._held = {self._id: dealt.payloads[self._id]}
         self._phase = Phase.SHARED
-        ciphertexts = offline.seal_shares(cfg, self._id, payloads, derived.send)
-        return m.EpochShares(epoch=cfg.epoch, sender=self._id, ciphertexts=ciphertexts)
+        return m.EpochShares(
+            epoch=cfg.epoch,
+            sender=self._id,
+            ciphertexts=offline.seal_shares(cfg, self._id, dealt.payloads, derived.send),
+            commitments=dealt.commitments,
+            self_mask_commits=dealt.self_mask_commits,
+        )
+
+    def _usable(
+        self, cfg: m.EpochConfig, peers: Mapping[int, m.EpochKeys]
+    ) -> dict[int, m.EpochKeys]:
+        """Peers whose advertisement checks out and whose keys repeat nobody else's."""
+        counts: dict[bytes, int] = {}
+        for e in peers.values():
+            for pk in (e.enc_pk, *e.mask_pks):
+                counts[pk] = counts.get(pk, 0) + 1
+        usable: dict[int, m.EpochKeys] = {}
+        for v, entry in sorted(peers.items()):
+            if v == self._id:
+                continue
+            why = offline.advertisement_problem(cfg, self._identities, entry)
+            if why is None and any(counts[pk] > 1 for pk in (entry.enc_pk, *entry.mask_pks)):
+                why = "public keys repeat another client's"
+            if why is None:
+                usable[v] = entry
+            else:
+                self.rejected.setdefault(v, why)
+        return usable
 
     # ---- O2: accept shares --------------------------------------------------------------------
 
     def accept_shares(self, relay: m.ShareRelay) -> m.EpochReady:
         """Decrypt the neighbours' shares; their senders are this epoch's mask partners.
 
+        A sender whose shares do not open or do not match its commitments stays a partner (the
+        pairwise keys do not depend on them) but we hold none of its shares: it is reported as
+        ``missing``.
+
         Raises:
-            RemoteProtocolError: unknown senders, too few partners, or a bad ciphertext.
+            RemoteProtocolError: unknown senders or too few partners.
         """
         state = State.O2_CONFIRM
         cfg = self._require(Phase.SHARED, state)
         self._check_addressed(cfg, relay, state)
         partners = sorted(relay.ciphertexts)
-        if not set(partners) <= set(self._recv):
+        if not set(partners) <= set(self._recv) or set(relay.commitments) != set(partners):
             self._refuse("ciphertexts from non-neighbours", state, AbortReason.INCONSISTENT_VIEW)
         partners_meet_threshold(partners, cfg.t, state=state.value, client=self._id)
+        missing: list[int] = []
         for v in partners:
-            self._held[v] = offline.open_shares(
-                cfg, self._id, v, relay.ciphertexts[v], self._recv[v]
+            opened = offline.open_shares(
+                cfg, self._id, v, relay.ciphertexts[v], self._recv[v], relay.commitments[v]
             )
+            if isinstance(opened, str):
+                self.rejected[v] = opened
+                missing.append(v)
+            else:
+                self._held[v] = opened
         self._partners = tuple(partners)
         self._pairs = {v: self._pairs[v] for v in partners}
         self._enc, self._recv, self._phase = None, {}, Phase.READY
-        return m.EpochReady(epoch=cfg.epoch, sender=self._id, partners=self._partners)
+        return m.EpochReady(
+            epoch=cfg.epoch, sender=self._id, partners=self._partners, missing=tuple(missing)
+        )
 
     # ---- online: precompute and mask ----------------------------------------------------------
 
@@ -385,15 +576,16 @@ class KeystoreCore:
             )
         survivors_and_dropped_disjoint(alive, gone, cfg.t, state=state.value)
         excluded_not_survivor(self._ledger.excluded, alive, state=state.value)
-        own = {*self._partners, self._id}
-        self_mask = sorted(own & alive) if cfg.double_masking else []
-        dropped = sorted(set(self._partners) & gone)
+        held = set(self._held)  # ourselves and the partners whose shares opened
+        self_mask = sorted(held & alive) if cfg.double_masking else []
+        dropped = sorted(held & set(self._partners) & gone)
         self._ledger.record(request.round_id, self_mask, dropped, state=state.value)
         ri, ki = request.round_id - cfg.first_round, cfg.key_index(request.round_id)
+        h = self._held
         return m.UnmaskShares(
             epoch=cfg.epoch,
             round_id=request.round_id,
             sender=self._id,
-            self_mask_shares={o: self._held[o].self_mask_shares[ri] for o in self_mask},
-            key_shares={o: self._held[o].key_shares[ki] for o in dropped},
+            self_mask_shares={o: h[o].self_mask_shares[ri] + h[o].salt for o in self_mask},
+            key_shares={o: h[o].key_shares[ki] + h[o].salt for o in dropped},
         )

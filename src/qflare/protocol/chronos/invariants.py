@@ -58,7 +58,7 @@ def config_is_sound(cfg: EpochConfig, *, state: str) -> None:
             raise LocalProtocolError(
                 f"unsound epoch configuration: {why}",
                 state=state,
-                reason=AbortReason.MALFORMED_MESSAGE,
+                reason=AbortReason.PARAMS_REFUSED,
             )
 
 

@@ -9,6 +9,7 @@ masks from its reconstructed private key.
 from __future__ import annotations
 
 from qflare.crypto import Label, SecretBytes, X25519KeyPair, hkdf, x25519_agree, x25519_agree_many
+from qflare.protocol import shares
 from qflare.protocol.chronos.messages import EpochConfig, EpochKeys, encode
 from qflare.protocol.secagg.keys import holder_x, pair_sign
 
@@ -22,7 +23,10 @@ __all__ = [
     "pair_key",
     "pair_sign",
     "round_seed",
+    "scope",
+    "self_mask_commitment",
     "self_mask_seed",
+    "share_commitments",
     "share_aad",
     "share_keys",
 ]
@@ -36,16 +40,46 @@ def _epoch_bytes(cfg: EpochConfig) -> bytes:
     return cfg.epoch.to_bytes(8, "big")
 
 
+def scope(cfg: EpochConfig) -> str:
+    """Scope of the epoch's graph-seed exchange and share commitments."""
+    return f"chronos/{cfg.session}/{cfg.epoch}"
+
+
 def advertise_transcript(
-    cfg: EpochConfig, sender: int, enc_pk: bytes, mask_pks: tuple[bytes, ...]
+    cfg: EpochConfig,
+    sender: int,
+    enc_pk: bytes,
+    mask_pks: tuple[bytes, ...],
+    seed_commit: bytes = b"",
 ) -> bytes:
-    """Bytes signed in O0: the whole epoch configuration, the sender and its public keys."""
-    return encode(("chronos/advertise", cfg, sender, enc_pk, mask_pks))
+    """Bytes signed in O0: the epoch configuration, the sender, its keys and seed commitment."""
+    return encode(("chronos/advertise", cfg, sender, enc_pk, mask_pks, seed_commit))
 
 
 def advertise_transcript_of(cfg: EpochConfig, msg: EpochKeys) -> bytes:
     """:func:`advertise_transcript` of a received advertisement."""
-    return advertise_transcript(cfg, msg.sender, msg.enc_pk, msg.mask_pks)
+    return advertise_transcript(cfg, msg.sender, msg.enc_pk, msg.mask_pks, msg.seed_commit)
+
+
+def share_kinds(cfg: EpochConfig) -> list[str]:
+    """Kind names of the shares a holder keeps per owner, in payload order."""
+    dm = cfg.rounds if cfg.double_masking else 0
+    return [f"key{i}" for i in range(cfg.key_count)] + [f"self{i}" for i in range(dm)]
+
+
+def share_commitments(
+    cfg: EpochConfig, owner: int, holder: int, all_shares: tuple[bytes, ...], salt: bytes
+) -> bytes:
+    """The concatenated commitments of every share ``holder`` keeps for ``owner``."""
+    return b"".join(
+        shares.share_commitment(scope(cfg), owner, holder, kind, share, salt)
+        for kind, share in zip(share_kinds(cfg), all_shares, strict=True)
+    )
+
+
+def self_mask_commitment(cfg: EpochConfig, owner: int, index: int, secret: SecretBytes) -> bytes:
+    """Commitment to ``owner``'s self-mask secret of round index ``index`` (``chronos-dm``)."""
+    return shares.secret_commitment(scope(cfg), owner, f"self{index}", secret)
 
 
 def share_aad(cfg: EpochConfig, sender: int, recipient: int) -> bytes:

@@ -22,6 +22,8 @@ from qflare.protocol.chronos import messages as m
 from qflare.protocol.chronos.core import KeystoreCore, RoundCounter
 from qflare.protocol.chronos.invariants import never_reuse_counter
 from qflare.protocol.chronos.states import State
+from qflare.protocol.identity import AuthorityKey, EndorsedKey
+from qflare.protocol.policy import ClientPolicy
 
 __all__ = ["ChronosKeystore", "MemoryCounter", "RoundCounter", "SoftwareKeystore"]
 
@@ -60,6 +62,9 @@ class ChronosKeystore(Protocol):
     for a forged, inconsistent or invariant-violating server message.
     """
 
+    rejected: dict[int, str]
+    """Peers left out of this epoch (bad certificate, signature, key or shares), and why."""
+
     @property
     def client_id(self) -> int:
         """The client this keystore belongs to."""
@@ -74,8 +79,14 @@ class ChronosKeystore(Protocol):
         """The round counter: the last round this keystore masked for (0 if none)."""
         ...
 
-    def begin_epoch(self, config: m.EpochConfig) -> m.EpochKeys:
-        """Offline O0: make fresh epoch keys (and self-mask secrets); return them signed."""
+    def begin_epoch(
+        self, config: m.EpochConfig, directory: Mapping[int, EndorsedKey]
+    ) -> m.EpochKeys:
+        """Offline O0: check the epoch and the peers' identities; make fresh keys; sign them."""
+        ...
+
+    def reveal_seed(self, msg: m.SeedCommitments) -> m.EpochSeedReveal:
+        """Offline O0 (sparse graphs): check the seed commitments; reveal our contribution."""
         ...
 
     def share_keys(self, directory: m.KeyDirectory) -> m.EpochShares:
@@ -108,8 +119,9 @@ class SoftwareKeystore(KeystoreCore):
     Args:
         client_id: The client's id.
         signer: The device identity key.
-        identities: Identity public keys of all clients (installed at enrollment).
         rng: Randomness for keys, secrets and Shamir polynomials.
+        authority: The enrollment authority key peers' identities are checked against.
+        policy: The client's policy for epoch parameters.
         counter: The round counter (default: a fresh :class:`MemoryCounter`).
         prg: Mask expander to reuse (its buffer is allocated once per device).
         max_precomputed: How many rounds of combined masks to keep (memory bound).
@@ -119,9 +131,10 @@ class SoftwareKeystore(KeystoreCore):
         self,
         client_id: int,
         signer: Signer,
-        identities: Mapping[int, bytes],
         rng: Rng,
         *,
+        authority: AuthorityKey,
+        policy: ClientPolicy | None = None,
         counter: RoundCounter | None = None,
         prg: MaskPrg | None = None,
         max_precomputed: int = 1,
@@ -129,9 +142,10 @@ class SoftwareKeystore(KeystoreCore):
         super().__init__(
             client_id,
             signer,
-            identities,
             rng,
             counter or MemoryCounter(),
+            authority=authority,
+            policy=policy,
             prg=prg,
             max_precomputed=max_precomputed,
         )

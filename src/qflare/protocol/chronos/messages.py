@@ -38,10 +38,11 @@ class EpochConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         t: Shamir threshold.
         dim: Length of the ring vector each client uploads.
         modulus_bits: 32 or 64.
-        graph_seed: Public seed of the neighbour graph's permutation.
         signature_scheme: Identity signature scheme name.
         first_round: First round id of the epoch (round ids are the enclave counter's values).
         rounds: Number of rounds in the epoch.
+
+    A sparse graph's seed is drawn by the participants (commit, then reveal), not set here.
     """
 
     version: int = PROTOCOL_VERSION
@@ -53,10 +54,19 @@ class EpochConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     t: int
     dim: int
     modulus_bits: int = 32
-    graph_seed: bytes
     signature_scheme: str = "mldsa65"
     first_round: int
     rounds: int
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the epoch uses a sparse graph (``k < n``), whose seed the clients draw."""
+        return self.k < len(self.participants)
+
+    @property
+    def share_count(self) -> int:
+        """Shares a holder keeps per owner: one per mask key, plus one per round (``-dm``)."""
+        return self.key_count + (self.rounds if self.double_masking else 0)
 
     @property
     def double_masking(self) -> bool:
@@ -91,26 +101,47 @@ class Message(
 
 
 class EpochKeys(Message, frozen=True, tag="chronos_epoch_keys"):
-    """O0: the enclave's fresh public keys, signed with the device identity key."""
+    """O0: the enclave's fresh public keys and graph-seed commitment, signed inside it."""
 
     sender: int
     enc_pk: bytes
     mask_pks: tuple[bytes, ...]
     signature: bytes
+    seed_commit: bytes = b""
+
+
+class EpochSeedReveal(Message, frozen=True, tag="chronos_seed_reveal"):
+    """O0 (sparse graphs): the bytes behind the seed commitment, and one for a restart."""
+
+    sender: int
+    attempt: int
+    reveal: bytes
+    next_commit: bytes
 
 
 class EpochShares(Message, frozen=True, tag="chronos_epoch_shares"):
-    """O1: one enclave-to-enclave AEAD ciphertext of Shamir shares per neighbour."""
+    """O1: one enclave-to-enclave AEAD ciphertext of Shamir shares per neighbour, and commitments.
+
+    ``commitments[h]`` concatenates the 32-byte commitments of every share holder ``h`` keeps
+    (key shares, then self-mask shares); ``self_mask_commits`` commit to the per-round self-mask
+    secrets (``chronos-dm``), so their reconstructions can be checked.
+    """
 
     sender: int
     ciphertexts: dict[int, bytes]
+    commitments: dict[int, bytes]
+    self_mask_commits: tuple[bytes, ...] = ()
 
 
 class EpochReady(Message, frozen=True, tag="chronos_epoch_ready"):
-    """O2: the shares were accepted; ``partners`` are the clients masked with this epoch."""
+    """O2: the epoch's mask partners, and those whose shares we could not keep.
+
+    ``missing`` names partners whose shares failed to decrypt or to match their commitments.
+    """
 
     sender: int
     partners: tuple[int, ...]
+    missing: tuple[int, ...] = ()
 
 
 class MaskedInput(Message, frozen=True, tag="chronos_masked_input"):
@@ -122,7 +153,10 @@ class MaskedInput(Message, frozen=True, tag="chronos_masked_input"):
 
 
 class UnmaskShares(Message, frozen=True, tag="chronos_unmask_shares"):
-    """Online: self-mask shares of survivors and key shares of dropped clients, by owner id."""
+    """Online: self-mask shares of survivors and key shares of dropped clients, by owner id.
+
+    Each value is the 33-byte share followed by its 16-byte commitment salt.
+    """
 
     round_id: int
     sender: int
@@ -133,18 +167,31 @@ class UnmaskShares(Message, frozen=True, tag="chronos_unmask_shares"):
 # ---- server -> client -------------------------------------------------------------------------
 
 
+class SeedCommitments(Message, frozen=True, tag="chronos_seed_commitments"):
+    """Reply to O0 (sparse graphs): every member's seed commitment for ``attempt``."""
+
+    recipient: int
+    attempt: int
+    commitments: dict[int, bytes]
+
+
 class KeyDirectory(Message, frozen=True, tag="chronos_key_directory"):
-    """Reply to O0: the signed keys of the recipient's closed neighbourhood."""
+    """The signed keys of the recipient's closed neighbourhood, and the seed reveals."""
 
     recipient: int
     entries: tuple[EpochKeys, ...]
+    reveals: dict[int, bytes] = {}
 
 
 class ShareRelay(Message, frozen=True, tag="chronos_share_relay"):
-    """Reply to O1: ciphertexts addressed to the recipient; their senders are its partners."""
+    """Reply to O1: ciphertexts addressed to the recipient, and their senders' commitments.
+
+    Only senders the recipient also shared with appear; they are its mask partners.
+    """
 
     recipient: int
     ciphertexts: dict[int, bytes]
+    commitments: dict[int, bytes]
 
 
 class RoundStart(Message, frozen=True, tag="chronos_round_start"):
@@ -178,10 +225,11 @@ class SharePayload(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     recipient: int
     key_shares: tuple[bytes, ...]
     self_mask_shares: tuple[bytes, ...]
+    salt: bytes
 
 
-ClientMessage = EpochKeys | EpochShares | EpochReady | MaskedInput | UnmaskShares
-ServerMessage = KeyDirectory | ShareRelay | RoundStart | UnmaskRequest
+ClientMessage = EpochKeys | EpochSeedReveal | EpochShares | EpochReady | MaskedInput | UnmaskShares
+ServerMessage = SeedCommitments | KeyDirectory | ShareRelay | RoundStart | UnmaskRequest
 
 _CLIENT_DECODER: msgspec.msgpack.Decoder[ClientMessage] = msgspec.msgpack.Decoder(ClientMessage)
 _SERVER_DECODER: msgspec.msgpack.Decoder[ServerMessage] = msgspec.msgpack.Decoder(ServerMessage)

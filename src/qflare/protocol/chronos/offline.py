@@ -1,12 +1,16 @@
 """The offline phase's secret operations, as functions the keystore core calls.
 
 Checking the key directory, verifying signatures, the epoch's Diffie-Hellman agreements,
-splitting secrets and sealing / opening the enclave-to-enclave share ciphertexts. Every check
-raises :class:`~qflare.protocol.errors.RemoteProtocolError` naming the state and the client.
+splitting secrets into committed shares and sealing / opening the enclave-to-enclave share
+ciphertexts. A server message that contradicts itself or this client raises
+:class:`~qflare.protocol.errors.RemoteProtocolError`; a *peer's* bad data (a forged or
+uncertified advertisement, a small-order key, a share ciphertext that does not open or does not
+match its commitments) only excludes that peer, with the reason recorded.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -22,13 +26,13 @@ from qflare.crypto import (
     SignatureScheme,
     X25519KeyPair,
     verify_signature,
+    x25519_public_is_valid,
 )
-from qflare.crypto.shamir import SHARE_BYTES
 from qflare.protocol.chronos import keys
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.chronos.states import State
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
-from qflare.protocol.graph import neighbourhoods
+from qflare.protocol.shares import SALT_BYTES, is_share
 
 
 def refuse(why: str, state: State, reason: AbortReason, client: int) -> NoReturn:
@@ -37,7 +41,11 @@ def refuse(why: str, state: State, reason: AbortReason, client: int) -> NoReturn
 
 
 def check_directory(
-    cfg: m.EpochConfig, me: int, own: m.EpochKeys, directory: m.KeyDirectory
+    cfg: m.EpochConfig,
+    me: int,
+    own: m.EpochKeys,
+    directory: m.KeyDirectory,
+    closed: frozenset[int],
 ) -> dict[int, m.EpochKeys]:
     """Return the directory by sender after checking it is a set of our neighbours' keys.
 
@@ -46,7 +54,6 @@ def check_directory(
     """
     state, incons = State.O1_SHARE_KEYS, AbortReason.INCONSISTENT_VIEW
     peers = {e.sender: e for e in directory.entries}
-    closed = neighbourhoods(cfg.participants, cfg.k, cfg.graph_seed)[me] | {me}
     mine = peers.get(me)
     if len(peers) != len(directory.entries) or not set(peers) <= closed:
         refuse("directory is not a set of our neighbours", state, incons, me)
@@ -54,10 +61,34 @@ def check_directory(
         refuse("server replaced our own public keys", state, incons, me)
     if len(peers) < cfg.t:
         refuse(f"only {len(peers)} neighbours advertised", state, AbortReason.TOO_FEW_CLIENTS, me)
-    pks = [pk for e in peers.values() for pk in (e.enc_pk, *e.mask_pks)]
-    if len(set(pks)) != len(pks) or any(len(e.mask_pks) != cfg.key_count for e in peers.values()):
-        refuse("duplicate or missing public keys", state, incons, me)
     return peers
+
+
+def advertisement_problem(
+    cfg: m.EpochConfig, identities: Mapping[int, bytes], entry: m.EpochKeys
+) -> str | None:
+    """Why a peer's advertisement cannot be used (``None``: it can).
+
+    It must carry valid, not small-order X25519 keys of the epoch's shape and be signed by the
+    sender's certified identity (its keystore key).
+    """
+    pks = (entry.enc_pk, *entry.mask_pks)
+    if len(entry.mask_pks) != cfg.key_count or not all(x25519_public_is_valid(pk) for pk in pks):
+        return "invalid, small-order or missing public keys"
+    identity = identities.get(entry.sender)
+    if identity is None:
+        return "no certified identity"
+    try:
+        verify_signature(
+            SignatureScheme(cfg.signature_scheme),
+            identity,
+            entry.signature,
+            keys.advertise_transcript_of(cfg, entry),
+            context=keys.ADVERTISE_CONTEXT,
+        )
+    except CryptoError:
+        return "advertised keys are badly signed"
+    return None
 
 
 def verify_advertisements(
@@ -67,24 +98,17 @@ def verify_advertisements(
     *,
     state: State = State.O1_SHARE_KEYS,
 ) -> None:
-    """Every advertisement must be signed by its sender's enrolled identity key.
+    """Every advertisement must be usable (the server's check on arrival).
 
     Raises:
-        RemoteProtocolError: ``BAD_SIGNATURE`` naming the sender of a forged entry.
+        RemoteProtocolError: ``BAD_SIGNATURE`` (or ``BAD_KEY``) naming the sender.
     """
-    scheme = SignatureScheme(cfg.signature_scheme)
     for entry in entries:
-        try:
-            verify_signature(
-                scheme,
-                identities.get(entry.sender, b""),
-                entry.signature,
-                keys.advertise_transcript_of(cfg, entry),
-                context=keys.ADVERTISE_CONTEXT,
-            )
-        except CryptoError:
-            reason = AbortReason.BAD_SIGNATURE
-            refuse("advertised keys are badly signed", state, reason, entry.sender)
+        why = advertisement_problem(cfg, identities, entry)
+        if why is not None:
+            bad_key = why.startswith("invalid")
+            reason = AbortReason.BAD_KEY if bad_key else AbortReason.BAD_SIGNATURE
+            refuse(why, state, reason, entry.sender)
 
 
 @dataclass
@@ -94,6 +118,7 @@ class Pairwise:
     send: dict[int, SecretBytes] = field(default_factory=dict)
     recv: dict[int, SecretBytes] = field(default_factory=dict)
     pairs: dict[int, list[SecretBytes]] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
 
 
 def derive_pairwise(
@@ -105,23 +130,32 @@ def derive_pairwise(
 ) -> Pairwise:
     """All the epoch's agreements: share-encryption keys and one pairwise key per mask key.
 
-    Raises:
-        RemoteProtocolError: a neighbour's public key is invalid (small-order point).
+    A neighbour whose key yields no agreement is recorded in ``rejected`` and left out.
     """
     out = Pairwise()
     for v, entry in peers.items():
         if v == me:
             continue
         try:
-            out.send[v], out.recv[v] = keys.share_keys(cfg, enc, entry.enc_pk, me, v)
-            out.pairs[v] = [
+            send, recv = keys.share_keys(cfg, enc, entry.enc_pk, me, v)
+            pairs = [
                 keys.pair_key(cfg, own, pk, me, v, i)
                 for i, (own, pk) in enumerate(zip(mask_keys, entry.mask_pks, strict=True))
             ]
         except CryptoError:
-            reason = AbortReason.MALFORMED_MESSAGE
-            refuse("a neighbour's public key is invalid", State.O1_SHARE_KEYS, reason, v)
+            out.rejected[v] = "key agreement failed"
+            continue
+        out.send[v], out.recv[v], out.pairs[v] = send, recv, pairs
     return out
+
+
+@dataclass(frozen=True)
+class Dealt:
+    """Shares of every mask key and self-mask secret, one payload per holder, and commitments."""
+
+    payloads: dict[int, m.SharePayload]
+    commitments: dict[int, bytes]
+    self_mask_commits: tuple[bytes, ...]
 
 
 def split_shares(
@@ -131,21 +165,32 @@ def split_shares(
     mask_keys: Sequence[X25519KeyPair],
     self_secrets: Sequence[SecretBytes],
     rng: Rng,
-) -> dict[int, m.SharePayload]:
-    """Shamir-share every mask private key and self-mask secret among ``holders``."""
+) -> Dealt:
+    """Shamir-share every mask private key and self-mask secret among ``holders``, committed."""
     shamir, xs = Shamir(cfg.t), [keys.holder_x(v) for v in holders]
     key_split = [shamir.split(k.private_bytes(), xs, rng) for k in mask_keys]
     self_split = [shamir.split(s, xs, rng) for s in self_secrets]
-    return {
-        v: m.SharePayload(
+    payloads: dict[int, m.SharePayload] = {}
+    commitments: dict[int, bytes] = {}
+    for v, x in zip(holders, xs, strict=True):
+        payload = m.SharePayload(
             epoch=cfg.epoch,
             sender=me,
             recipient=v,
             key_shares=tuple(sp[x] for sp in key_split),
             self_mask_shares=tuple(sp[x] for sp in self_split),
+            salt=rng.random_bytes(SALT_BYTES),
         )
-        for v, x in zip(holders, xs, strict=True)
-    }
+        payloads[v] = payload
+        commitments[v] = commitments_of(cfg, payload)
+    commits = tuple(keys.self_mask_commitment(cfg, me, i, s) for i, s in enumerate(self_secrets))
+    return Dealt(payloads, commitments, commits)
+
+
+def commitments_of(cfg: m.EpochConfig, payload: m.SharePayload) -> bytes:
+    """The commitments an owner publishes for one holder's payload."""
+    all_shares = (*payload.key_shares, *payload.self_mask_shares)
+    return keys.share_commitments(cfg, payload.sender, payload.recipient, all_shares, payload.salt)
 
 
 def seal_shares(
@@ -163,23 +208,27 @@ def seal_shares(
 
 
 def open_shares(
-    cfg: m.EpochConfig, me: int, sender: int, ciphertext: bytes, key: SecretBytes
-) -> m.SharePayload:
-    """Decrypt and check one neighbour's share payload.
-
-    Raises:
-        RemoteProtocolError: ``BAD_CIPHERTEXT`` naming the sender.
-    """
-    state, bad = State.O2_CONFIRM, AbortReason.BAD_CIPHERTEXT
+    cfg: m.EpochConfig,
+    me: int,
+    sender: int,
+    ciphertext: bytes,
+    key: SecretBytes,
+    commitment: bytes,
+) -> m.SharePayload | str:
+    """Decrypt and check one neighbour's share payload; the reason it is unusable otherwise."""
     try:
         raw = Aead(key).open(ciphertext, aad=keys.share_aad(cfg, sender, me), sequence=0)
         payload = m.decode_payload(raw)
     except (CryptoError, msgspec.MsgspecError, ValueError):
-        refuse("share ciphertext fails authentication", state, bad, sender)
+        return "share ciphertext fails authentication"
     counts = (len(payload.key_shares), len(payload.self_mask_shares))
     expected = (cfg.key_count, cfg.rounds if cfg.double_masking else 0)
     shares = (*payload.key_shares, *payload.self_mask_shares)
     named = (payload.sender, payload.recipient, payload.epoch) == (sender, me, cfg.epoch)
-    if not named or counts != expected or any(len(s) != SHARE_BYTES for s in shares):
-        refuse("share payload names wrong parties or shapes", state, bad, sender)
+    if not named or counts != expected or not all(is_share(s) for s in shares):
+        return "share payload names wrong parties or shapes"
+    if len(payload.salt) != SALT_BYTES or not hmac.compare_digest(
+        commitments_of(cfg, payload), commitment
+    ):
+        return "shares do not match their commitments"
     return payload

@@ -14,15 +14,17 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from qflare.crypto import CryptoError, MaskPrg, SecretBytes
+from qflare.crypto import MaskPrg, SecretBytes
+from qflare.protocol.chronos import keys, offline, recovery
 from qflare.protocol.chronos import messages as m
-from qflare.protocol.chronos import offline, recovery
 from qflare.protocol.chronos.invariants import config_is_sound
 from qflare.protocol.chronos.results import RoundResult, RunningRound
 from qflare.protocol.chronos.roster import relay_roster
 from qflare.protocol.chronos.states import State
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.protocol.graph import neighbourhoods
+from qflare.protocol.seed import SeedCollector
+from qflare.protocol.shares import COMMITMENT_BYTES
 
 _Handler = Callable[["ChronosServer", Any], None]
 
@@ -34,6 +36,7 @@ class ChronosServer:
         config: Public epoch parameters.
         identities: Identity public keys of the participants.
         verify_signatures: Check O0 signatures on arrival (the clients' keystores check too).
+        max_seed_restarts: Restarts of the graph-seed exchange before the epoch aborts.
     """
 
     def __init__(
@@ -42,12 +45,22 @@ class ChronosServer:
         identities: Mapping[int, bytes],
         *,
         verify_signatures: bool = True,
+        max_seed_restarts: int = 2,
     ) -> None:
         config_is_sound(config, state="INIT")
         self.cfg, self.state = config, State.O0_ADVERTISE_KEYS
         self.abort_reason: AbortReason | None = None
         self._identities, self._verify = identities, verify_signatures
-        self._nbrs = neighbourhoods(config.participants, config.k, config.graph_seed)
+        self._participants = frozenset(config.participants)
+        self._seed = SeedCollector(keys.scope(config), max_seed_restarts)
+        self.graph_seed = b""
+        self._nbrs: dict[int, frozenset[int]] = (
+            {} if config.sparse else neighbourhoods(config.participants, config.k, b"")
+        )
+        self.culprits: dict[int, str] = {}
+        self._commitments: dict[int, dict[int, bytes]] = {}
+        self._self_commits: dict[int, tuple[bytes, ...]] = {}
+        self._held: dict[int, frozenset[int]] = {}
         self._expected: set[int] = set(config.participants)
         self._received: dict[int, m.ClientMessage] = {}
         self.excluded: dict[int, str] = {}
@@ -72,7 +85,7 @@ class ChronosServer:
                 client; the sender is dropped from the current step.
         """
         sender = msg.sender
-        if sender not in self._nbrs:
+        if sender not in self._participants:
             raise RemoteProtocolError("sender is not a participant", state=self.state.value)
         if self._received.get(sender) == msg:
             return  # an identical retry is idempotent
@@ -189,32 +202,98 @@ class ChronosServer:
     # ---- offline collectors -------------------------------------------------------------------
 
     def _on_keys(self, msg: m.EpochKeys) -> None:
-        pks = (msg.enc_pk, *msg.mask_pks)
-        if len(msg.mask_pks) != self.cfg.key_count or any(len(pk) != 32 for pk in pks):
+        identities = self._identities if self._verify else {msg.sender: b""}
+        why = offline.advertisement_problem(self.cfg, identities, msg)
+        if why is not None and (self._verify or why.startswith("invalid")):
+            bad_key = why.startswith("invalid")
             self._reject(
-                msg.sender, "public keys have the wrong shape", AbortReason.MALFORMED_MESSAGE
+                msg.sender, why, AbortReason.BAD_KEY if bad_key else AbortReason.BAD_SIGNATURE
             )
-        if self._verify:
-            offline.verify_advertisements(self.cfg, self._identities, [msg], state=self.state)
+        if self.cfg.sparse:
+            try:
+                self._seed.commit(msg.sender, msg.seed_commit)
+            except ValueError:
+                self._reject(msg.sender, "bad seed commitment", AbortReason.MALFORMED_MESSAGE)
+        elif msg.seed_commit:
+            self._reject(
+                msg.sender, "seed commitment in a complete graph", AbortReason.MALFORMED_MESSAGE
+            )
         self._adverts[msg.sender] = msg
 
+    def _on_reveal(self, msg: m.EpochSeedReveal) -> None:
+        try:
+            self._seed.reveal(msg.sender, msg.attempt, msg.reveal, msg.next_commit)
+        except ValueError as exc:
+            self._reject(msg.sender, f"seed reveal refused: {exc}", AbortReason.MALFORMED_MESSAGE)
+
     def _on_shares(self, msg: m.EpochShares) -> None:
-        if set(msg.ciphertexts) != self._directory[msg.sender] - {msg.sender}:
+        holders = set(msg.ciphertexts)
+        per_holder = self.cfg.share_count * COMMITMENT_BYTES
+        dm_commits = self.cfg.rounds if self.cfg.double_masking else 0
+        well_formed = (
+            holders <= self._directory[msg.sender] - {msg.sender}
+            and set(msg.commitments) == holders | {msg.sender}
+            and all(len(c) == per_holder for c in msg.commitments.values())
+            and len(msg.self_mask_commits) == dm_commits
+            and all(len(c) == COMMITMENT_BYTES for c in msg.self_mask_commits)
+        )
+        if not well_formed:
             self._reject(
-                msg.sender, "ciphertexts do not match the directory", AbortReason.MALFORMED_MESSAGE
+                msg.sender,
+                "ciphertexts or commitments do not match the directory",
+                AbortReason.MALFORMED_MESSAGE,
             )
         self._ciphertexts[msg.sender] = dict(msg.ciphertexts)
+        self._commitments[msg.sender] = dict(msg.commitments)
+        self._self_commits[msg.sender] = tuple(msg.self_mask_commits)
 
     def _on_ready(self, msg: m.EpochReady) -> None:
-        if frozenset(msg.partners) != self.partners.get(msg.sender):
+        partners = self.partners.get(msg.sender)
+        if frozenset(msg.partners) != partners or not set(msg.missing) <= partners:
             self._reject(
                 msg.sender, "partners differ from the relay", AbortReason.INCONSISTENT_VIEW
             )
+        self._held[msg.sender] = (partners - set(msg.missing)) | {msg.sender}
 
     # ---- offline advance steps ----------------------------------------------------------------
 
     def _advance_o0(self, u1: frozenset[int]) -> dict[int, m.ServerMessage]:
         self._exclude(set(self.cfg.participants) - u1, "silent in O0")
+        if len(u1) < self.cfg.t:
+            self._fail(f"{len(u1)} clients advertised keys", AbortReason.TOO_FEW_CLIENTS)
+        if not self.cfg.sparse:
+            return self._directories(u1, {})
+        self._seed.restrict(u1)
+        self.state = State.O0_REVEAL_SEED
+        return self._seed_round(u1)
+
+    def _seed_round(self, members: frozenset[int]) -> dict[int, m.ServerMessage]:
+        commits = dict(sorted(self._seed.commitments.items()))
+        return {
+            u: m.SeedCommitments(
+                epoch=self.cfg.epoch, recipient=u, attempt=self._seed.attempt, commitments=commits
+            )
+            for u in sorted(members)
+        }
+
+    def _advance_seed(self, revealed: frozenset[int]) -> dict[int, m.ServerMessage]:
+        self._exclude(set(self._seed.commitments) - revealed, "withheld its seed reveal")
+        reveals = self._seed.reveals
+        try:
+            seed = self._seed.close()
+        except ValueError as exc:
+            self._fail(f"graph seed withheld: {exc}", AbortReason.SEED_WITHHELD)
+        if seed is None:  # a restart among those who revealed
+            if len(self._seed.commitments) < self.cfg.t:
+                self._fail("too few clients revealed seeds", AbortReason.TOO_FEW_CLIENTS)
+            return self._seed_round(frozenset(self._seed.commitments))
+        self.graph_seed = seed
+        self._nbrs = neighbourhoods(self.cfg.participants, self.cfg.k, seed)
+        return self._directories(revealed, dict(sorted(reveals.items())))
+
+    def _directories(
+        self, u1: frozenset[int], reveals: dict[int, bytes]
+    ) -> dict[int, m.ServerMessage]:
         out: dict[int, m.ServerMessage] = {}
         for u in sorted(u1):
             directory = self.closed(u) & u1
@@ -223,15 +302,18 @@ class ChronosServer:
                 continue
             self._directory[u] = directory
             entries = tuple(self._adverts[v] for v in sorted(directory))
-            out[u] = m.KeyDirectory(epoch=self.cfg.epoch, recipient=u, entries=entries)
+            out[u] = m.KeyDirectory(
+                epoch=self.cfg.epoch, recipient=u, entries=entries, reveals=reveals
+            )
         if len(out) < self.cfg.t:
-            self._fail(f"{len(out)} clients advertised keys", AbortReason.TOO_FEW_CLIENTS)
+            self._fail(f"{len(out)} clients have enough neighbours", AbortReason.TOO_FEW_CLIENTS)
         self.state = State.O1_SHARE_KEYS
         return out
 
     def _advance_o1(self, u2: frozenset[int]) -> dict[int, m.ServerMessage]:
         self._exclude(set(self._directory) - u2, "silent in O1")
-        self.partners = relay_roster(self._directory, u2, self.cfg.t)
+        shared_with = {v: frozenset(self._ciphertexts[v]) for v in u2}
+        self.partners = relay_roster(self._directory, shared_with, self.cfg.t)
         self.roster = frozenset(self.partners)
         self._exclude(u2 - self.roster, "too few partners shared keys")
         if len(self.roster) < self.cfg.t:
@@ -241,6 +323,7 @@ class ChronosServer:
                 epoch=self.cfg.epoch,
                 recipient=v,
                 ciphertexts={w: self._ciphertexts[w][v] for w in sorted(self.partners[v])},
+                commitments={w: self._commitments[w][v] for w in sorted(self.partners[v])},
             )
             for v in sorted(self.roster)
         }
@@ -250,6 +333,8 @@ class ChronosServer:
 
     def _advance_o2(self, u3: frozenset[int]) -> dict[int, m.ServerMessage]:
         self.state = State.ON_IDLE  # silent clients stay in the roster: they may drop later
+        for v in self.roster - set(self._held):  # silent in O2: assume it holds all it was sent
+            self._held[v] = self.partners[v] | {v}
         return {}
 
     # ---- online collectors and steps ----------------------------------------------------------
@@ -269,14 +354,19 @@ class ChronosServer:
 
     def _on_unmask(self, msg: m.UnmaskShares) -> None:
         rnd = self._current()
-        holders = self.partners[msg.sender] | {msg.sender}
-        alive = holders & rnd.survivors if self.cfg.double_masking else frozenset()
-        wanted = self.partners[msg.sender] & set(rnd.listed)
-        if set(msg.self_mask_shares) != alive or set(msg.key_shares) != wanted:
+        held = self._held.get(msg.sender, frozenset())
+        alive = held & rnd.survivors if self.cfg.double_masking else frozenset()
+        wanted = held & self.partners[msg.sender] & set(rnd.listed)
+        if not set(msg.self_mask_shares) <= alive or not set(msg.key_shares) <= wanted:
             self._reject(
                 msg.sender, "unmask shares do not match the request", AbortReason.MALFORMED_MESSAGE
             )
-        rnd.responses[msg.sender] = msg
+        good, bad = recovery.check_released(self.cfg, msg, self._commitments)
+        if bad:
+            self.culprits.setdefault(
+                msg.sender, f"round {rnd.round_id}: bad shares of {sorted(bad)}"
+            )
+        rnd.responses[msg.sender] = good
 
     def _to_list(self, survivors: frozenset[int]) -> tuple[int, ...]:
         """Non-survivors whose keys this round needs: those with a surviving partner."""
@@ -312,16 +402,23 @@ class ChronosServer:
     def _advance_unmask(self, _: frozenset[int]) -> dict[int, m.ServerMessage]:
         rnd, cfg = self._current(), self.cfg
         try:
-            if cfg.double_masking:
-                recovery.remove_self_masks(
-                    rnd.acc, cfg, rnd.round_id, rnd.survivors, rnd.responses, self._prg
+            secrets = (
+                recovery.self_mask_secrets(
+                    cfg, rnd.round_id, rnd.survivors, rnd.responses, self._self_commits
                 )
+                if cfg.double_masking
+                else {}
+            )
             found = {
                 d: recovery.reconstruct_key(cfg, rnd.responses, self._adverts[d], rnd.round_id)
                 for d in rnd.listed
             }
-        except CryptoError as exc:
-            self._round_failed(f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED)
+        except recovery.ReconstructionError as exc:
+            self.culprits.setdefault(exc.owner, f"round {rnd.round_id}: {exc}")
+            self._round_failed(
+                f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED, exc.owner
+            )
+        recovery.remove_self_masks(rnd.acc, cfg, rnd.round_id, secrets, self._prg)
         return self._finish(found, unmask_step=True)
 
     def _finish(
@@ -353,12 +450,12 @@ class ChronosServer:
         )
         return {}
 
-    def _round_failed(self, why: str, reason: AbortReason) -> NoReturn:
+    def _round_failed(self, why: str, reason: AbortReason, client: int | None = None) -> NoReturn:
         state, rnd = self.state.value, self._current()
         self._close_round(
             RoundResult(round_id=rnd.round_id, recovered=rnd.listed, abort_reason=reason)
         )
-        raise RemoteProtocolError(why, state=state, reason=reason, http_status=409)
+        raise RemoteProtocolError(why, state=state, client=client, reason=reason, http_status=409)
 
     def _close_round(self, result: RoundResult) -> None:
         self.results.append(result)
@@ -369,6 +466,7 @@ class ChronosServer:
 
 _TRANSITIONS: dict[tuple[State, type], _Handler] = {
     (State.O0_ADVERTISE_KEYS, m.EpochKeys): ChronosServer._on_keys,
+    (State.O0_REVEAL_SEED, m.EpochSeedReveal): ChronosServer._on_reveal,
     (State.O1_SHARE_KEYS, m.EpochShares): ChronosServer._on_shares,
     (State.O2_CONFIRM, m.EpochReady): ChronosServer._on_ready,
     (State.ON_MASKED_INPUT, m.MaskedInput): ChronosServer._on_masked_input,
@@ -378,6 +476,7 @@ _TRANSITIONS: dict[tuple[State, type], _Handler] = {
 
 _ADVANCE: dict[State, Callable[[ChronosServer, frozenset[int]], dict[int, m.ServerMessage]]] = {
     State.O0_ADVERTISE_KEYS: ChronosServer._advance_o0,
+    State.O0_REVEAL_SEED: ChronosServer._advance_seed,
     State.O1_SHARE_KEYS: ChronosServer._advance_o1,
     State.O2_CONFIRM: ChronosServer._advance_o2,
     State.ON_MASKED_INPUT: ChronosServer._advance_masked,

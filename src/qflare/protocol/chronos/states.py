@@ -14,6 +14,7 @@ class State(enum.Enum):
     """Where a CHRONOS machine stands."""
 
     O0_ADVERTISE_KEYS = "O0_ADVERTISE_KEYS"
+    O0_REVEAL_SEED = "O0_REVEAL_SEED"  # sparse graphs only: the graph seed's commit-reveal
     O1_SHARE_KEYS = "O1_SHARE_KEYS"
     O2_CONFIRM = "O2_CONFIRM"
     ON_IDLE = "ON_IDLE"
@@ -23,7 +24,12 @@ class State(enum.Enum):
     ABORTED = "ABORTED"
 
 
-OFFLINE: tuple[State, ...] = (State.O0_ADVERTISE_KEYS, State.O1_SHARE_KEYS, State.O2_CONFIRM)
+OFFLINE: tuple[State, ...] = (
+    State.O0_ADVERTISE_KEYS,
+    State.O0_REVEAL_SEED,
+    State.O1_SHARE_KEYS,
+    State.O2_CONFIRM,
+)
 """The offline phase's collecting states, in order."""
 
 ONLINE: tuple[State, ...] = (State.ON_MASKED_INPUT, State.ON_UNMASK)

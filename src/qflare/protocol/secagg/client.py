@@ -34,7 +34,6 @@ from qflare.crypto import (
     verify_signature,
     x25519_public_is_valid,
 )
-from qflare.crypto.shamir import PRIME, SHARE_BYTES
 from qflare.protocol import messages as m
 from qflare.protocol.errors import (
     AbortReason,
@@ -54,6 +53,7 @@ from qflare.protocol.secagg.invariants import (
 )
 from qflare.protocol.secagg.states import State
 from qflare.protocol.seed import SeedParticipant
+from qflare.protocol.shares import is_share
 
 _Handler = Callable[["SecAggClient", Any], m.ClientMessage]
 
@@ -339,9 +339,7 @@ class SecAggClient:
                 "set_input() was not called before R2", state=self.state.value, client=self.id
             )
         missing = {
-            v
-            for v in senders
-            if not self._store_shares(v, msg.ciphertexts[v], msg.commitments[v])
+            v for v in senders if not self._store_shares(v, msg.ciphertexts[v], msg.commitments[v])
         }
         self._partners = frozenset(senders) | {self.id}
         self._holders = self._partners - missing
@@ -366,7 +364,7 @@ class SecAggClient:
             return False
         held = _Held(payload.self_mask_share, payload.key_share, payload.salt)
         named = (payload.sender, payload.recipient) == (sender, self.id)
-        if not (named and _is_share(held.b) and _is_share(held.sk)):
+        if not (named and is_share(held.b) and is_share(held.sk)):
             self.rejected[sender] = "share payload is malformed or names wrong parties"
             return False
         if not hmac.compare_digest(self._commit(sender, self.id, held), commitment):
@@ -448,10 +446,6 @@ class SecAggClient:
         for owner in self._holders:
             if len(vouched & (self._graph[owner] | {owner})) < self.cfg.t:
                 self._abort("fewer than t neighbours signed U3", AbortReason.TOO_FEW_CLIENTS, owner)
-
-
-def _is_share(share: bytes) -> bool:
-    return len(share) == SHARE_BYTES and int.from_bytes(share, "big") < PRIME
 
 
 _TRANSITIONS: dict[tuple[State, type], _Handler] = {

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from qflare.crypto import Label, SecretBytes, X25519KeyPair, hkdf, x25519_agree, x25519_agree_many
-from qflare.crypto.shamir import SHARE_BYTES
+from qflare.protocol import shares
 from qflare.protocol.messages import AdvertiseKeys, RoundConfig, encode
 
 ADVERTISE_CONTEXT = b"qflare/secagg/v1/advertise"
 CONSISTENCY_CONTEXT = b"qflare/secagg/v1/consistency"
 MASK_SEED_BYTES = 16  # AES-128-CTR mask streams
-SALT_BYTES = 16
-RELEASED_SHARE_BYTES = SHARE_BYTES + SALT_BYTES
-COMMITMENT_BYTES = 32
+SALT_BYTES = shares.SALT_BYTES
+COMMITMENT_BYTES = shares.COMMITMENT_BYTES
 
 
 def seed_scope(cfg: RoundConfig) -> str:
@@ -43,15 +40,13 @@ def consistency_transcript(
 def share_commitment(
     cfg: RoundConfig, owner: int, holder: int, kind: str, share: bytes, salt: bytes
 ) -> bytes:
-    """Hiding, binding commitment to one share (``kind``: ``b`` or ``sk``) held by ``holder``."""
-    data = encode(("secagg/share-commit", cfg.session, cfg.round_id, owner, holder, kind, share, salt))
-    return hashlib.sha256(data).digest()
+    """Commitment to one share (``kind``: ``b`` or ``sk``) of ``owner`` held by ``holder``."""
+    return shares.share_commitment(seed_scope(cfg), owner, holder, kind, share, salt)
 
 
 def self_mask_commitment(cfg: RoundConfig, owner: int, b: SecretBytes) -> bytes:
     """Commitment to a client's self-mask secret (checks its reconstruction)."""
-    data = encode(("secagg/self-mask-commit", cfg.session, cfg.round_id, owner, b.reveal()))
-    return hashlib.sha256(data).digest()
+    return shares.secret_commitment(seed_scope(cfg), owner, "b", b)
 
 
 def share_aad(cfg: RoundConfig, sender: int, recipient: int) -> bytes:

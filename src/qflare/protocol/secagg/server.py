@@ -257,7 +257,9 @@ class SecAggServer:
             except ValueError:
                 self._reject(msg.sender, "bad seed commitment", AbortReason.MALFORMED_MESSAGE)
         elif msg.seed_commit:
-            self._reject(msg.sender, "seed commitment in a complete graph", AbortReason.MALFORMED_MESSAGE)
+            self._reject(
+                msg.sender, "seed commitment in a complete graph", AbortReason.MALFORMED_MESSAGE
+            )
         self._adverts[msg.sender] = msg
 
     def _on_reveal(self, msg: m.SeedReveal) -> None:
@@ -269,9 +271,10 @@ class SecAggServer:
     def _on_shares(self, msg: m.EncryptedShares) -> None:
         allowed = self._directory[msg.sender] - {msg.sender}
         holders = set(msg.ciphertexts)
-        well_formed = all(
-            len(c) == 2 * keys.COMMITMENT_BYTES for c in msg.commitments.values()
-        ) and len(msg.self_mask_commit) == keys.COMMITMENT_BYTES
+        well_formed = (
+            all(len(c) == 2 * keys.COMMITMENT_BYTES for c in msg.commitments.values())
+            and len(msg.self_mask_commit) == keys.COMMITMENT_BYTES
+        )
         if not holders <= allowed or set(msg.commitments) != holders | {msg.sender}:
             self._reject(
                 msg.sender,
@@ -279,7 +282,11 @@ class SecAggServer:
                 AbortReason.MALFORMED_MESSAGE,
             )
         if not well_formed or len(holders) + 1 < self.cfg.t:
-            self._reject(msg.sender, "malformed commitments or too few holders", AbortReason.MALFORMED_MESSAGE)
+            self._reject(
+                msg.sender,
+                "malformed commitments or too few holders",
+                AbortReason.MALFORMED_MESSAGE,
+            )
         self._ciphertexts[msg.sender] = dict(msg.ciphertexts)
         self._commitments[msg.sender] = dict(msg.commitments)
         self._self_commits[msg.sender] = msg.self_mask_commit
@@ -292,7 +299,9 @@ class SecAggServer:
                 AbortReason.MALFORMED_MESSAGE,
             )
         if not set(msg.missing) <= self._partners[msg.sender] - {msg.sender}:
-            self._reject(msg.sender, "reports shares of non-partners", AbortReason.MALFORMED_MESSAGE)
+            self._reject(
+                msg.sender, "reports shares of non-partners", AbortReason.MALFORMED_MESSAGE
+            )
         self._missing[msg.sender] = frozenset(msg.missing)
         np.add(self._acc, np.frombuffer(msg.vector, dtype=self._acc.dtype), out=self._acc)
 
@@ -420,7 +429,9 @@ class SecAggServer:
             remove_masks(self._acc, inputs)
         except ReconstructionError as exc:
             self.culprits.setdefault(exc.owner, f"R4: {exc}")
-            self._fail(f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED, exc.owner)
+            self._fail(
+                f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED, exc.owner
+            )
         self.result = self._acc
         return State.COMPLETED, {}
 

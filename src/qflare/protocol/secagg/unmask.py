@@ -23,9 +23,10 @@ from qflare.crypto import (
     ShamirError,
     X25519KeyPair,
 )
-from qflare.crypto.shamir import PRIME, SHARE_BYTES
+from qflare.crypto.shamir import SHARE_BYTES
 from qflare.protocol import messages as m
 from qflare.protocol.secagg import keys
+from qflare.protocol.shares import opened_share
 
 
 class ReconstructionError(ShamirError):
@@ -62,15 +63,9 @@ def _share_ok(
     released: bytes,
     commitments: Mapping[int, Mapping[int, bytes]],
 ) -> bool:
-    if len(released) != keys.RELEASED_SHARE_BYTES:
-        return False
-    share, salt = released[:SHARE_BYTES], released[SHARE_BYTES:]
-    if int.from_bytes(share, "big") >= PRIME:
-        return False
     both = commitments.get(owner, {}).get(holder, b"")
     half = both[: keys.COMMITMENT_BYTES] if kind == "b" else both[keys.COMMITMENT_BYTES :]
-    mine = keys.share_commitment(cfg, owner, holder, kind, share, salt)
-    return len(half) == keys.COMMITMENT_BYTES and hmac.compare_digest(mine, half)
+    return opened_share(keys.seed_scope(cfg), owner, holder, kind, released, half) is not None
 
 
 def check_released(
