@@ -210,7 +210,6 @@ def _measure(cfg: ChronosBenchConfig, k: int, t: int, progress: Callable[[str], 
             k=k,
             t=t,
             dim=ring,
-            graph_seed=(rep + 1).to_bytes(16, "big"),
             signature_scheme=cfg.scheme,
         )
         progress(f"secagg+ repeat {rep + 1}")

@@ -21,15 +21,18 @@ from qflare.crypto import RingVector, SignatureScheme
 from qflare.protocol import messages as sm
 from qflare.protocol.chronos import ChronosKeystore, EpochConfig, Mode, State
 from qflare.protocol.chronos import messages as cm
+from qflare.protocol.identity import EndorsedKey
 from qflare.protocol.secagg import ROUNDS
 from qflare.protocol.secagg import State as SecAggState
 from qflare.sim.chronos_cohort import ChronosCohort, PhaseLog, software_keystores
 from qflare.sim.cohort import Cohort, expected_sum
+from qflare.sim.identities import SimAuthority
 from qflare.tee import storage_report
 from qflare.tee.chronos_host import EnclaveKeystore
 
 InputFn = Callable[[int], RingVector]
 _OPENS = {
+    sm.SeedCommitments: SecAggState.R0_REVEAL_SEED,
     sm.KeyDirectory: SecAggState.R1_SHARE_KEYS,
     sm.ShareRelay: SecAggState.R2_MASKED_INPUT,
     sm.ConsistencyRequest: SecAggState.R3_CONSISTENCY,
@@ -58,9 +61,20 @@ class TimedKeystore:
         """Forwarded."""
         return self.inner.last_round()
 
-    def begin_epoch(self, config: EpochConfig) -> cm.EpochKeys:
+    @property
+    def rejected(self) -> dict[int, str]:
         """Forwarded."""
-        return self.inner.begin_epoch(config)
+        return self.inner.rejected
+
+    def begin_epoch(
+        self, config: EpochConfig, directory: Mapping[int, EndorsedKey]
+    ) -> cm.EpochKeys:
+        """Forwarded."""
+        return self.inner.begin_epoch(config, directory)
+
+    def reveal_seed(self, msg: cm.SeedCommitments) -> cm.EpochSeedReveal:
+        """Forwarded."""
+        return self.inner.reveal_seed(msg)
 
     def share_keys(self, directory: cm.KeyDirectory) -> cm.EpochShares:
         """Forwarded."""
@@ -147,6 +161,8 @@ def run_secagg_plus(
             )
             for u, sec in res.client_seconds.get(state, {}).items()
         }
+        if not legs and state not in res.server_seconds:
+            continue  # the seed step of a sparse graph (absent for the complete graph)
         steps.append(Step(state.value, legs, res.server_seconds.get(state, 0.0)))
     return ProtocolRun(
         steps, 0.0, _exact(res.total, res.survivors, inputs, rc.dim), len(res.survivors)
@@ -219,15 +235,13 @@ def enclave_device(cfg: EpochConfig, seed: int, inputs: InputFn) -> dict[str, ob
     """Client 0 on the simulated enclave (the rest in software): its costs and its storage."""
     with tempfile.TemporaryDirectory(prefix="qflare-chronos-") as tmp:
         scheme = SignatureScheme(cfg.signature_scheme)
-        device = EnclaveKeystore.start(Path(tmp), 0, scheme=scheme)
+        device = EnclaveKeystore.start(
+            Path(tmp), 0, scheme=scheme, authority=SimAuthority.default().key
+        )
         try:
             soft = software_keystores(cfg, seed=seed)
             timed = TimedKeystore(device)
             stores: dict[int, ChronosKeystore] = {**soft, 0: timed}
-            ids = {u: ks.identity_public_key for u, ks in stores.items()}
-            device.enroll(ids)
-            for ks in soft.values():
-                ks.enroll(ids)
             co = ChronosCohort(cfg, stores)
             offline = co.run_offline()
             t0 = time.perf_counter()
@@ -267,7 +281,6 @@ def chronos_config(
         k=k,
         t=t,
         dim=dim,
-        graph_seed=epoch.to_bytes(16, "big"),
         signature_scheme=scheme,
         first_round=1,
         rounds=rounds,
@@ -292,7 +305,6 @@ def online_mask_cost(dim: int, *, samples: int = 25, seed: int = 0) -> dict[str,
         k=3,
         t=2,
         dim=dim,
-        graph_seed=b"bench-mask-graph",
         signature_scheme="ed25519",
         first_round=1,
         rounds=2 * samples,

@@ -45,6 +45,7 @@ from qflare.protocol.chronos import ChronosClient, ChronosServer, EpochConfig, M
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.secagg import RoundRegistry, SecAggClient, SecAggServer, State
 from qflare.sim.chronos_cohort import software_keystores
+from qflare.sim.identities import SimAuthority
 from qflare.sim.cohort import expected_sum
 
 MODES = {"chronos": Mode.CHRONOS, "chronos_dm": Mode.CHRONOS_DM}
@@ -77,7 +78,6 @@ def _round_config(plan: PeerPlan, round_id: int) -> sm.RoundConfig:
         k=plan.k,
         t=plan.t,
         dim=plan.ring_dim,
-        graph_seed=round_id.to_bytes(16, "big"),
         signature_scheme=plan.scheme,
     )
 
@@ -183,6 +183,10 @@ class _Device:
         self.plan, self.id = plan, client_id
         self.signer = _signer(plan, client_id)
         self.ids = {u: _signer(plan, u).public_key for u in range(plan.clients)}
+        authority = SimAuthority.default()  # every peer process certifies the same keys
+        certs = {u: authority.certify(u, _signer(plan, u)) for u in range(plan.clients)}
+        authority.warm(certs)  # verified once before the epoch, not inside a timed round
+        self.directory = authority.directory(certs, SignatureScheme(plan.scheme))
         self.registry, self.prg = RoundRegistry(), MaskPrg(plan.ring_dim, 32)
         self.inputs = make_inputs(plan.ring_dim)
         self.secagg: SecAggClient | None = None
@@ -196,13 +200,15 @@ class _Device:
             rng = DeterministicRng(f"{self.plan.seed}/c{self.id}/r{rc.round_id}".encode())
             self.chronos = None
             self.secagg = SecAggClient(
-                rc, self.id, self.signer, self.ids, rng, self.registry, self.prg
+                rc, self.id, self.signer, self.directory, rng, self.registry, self.prg
             )
             return frame(MSG, sm.encode(self.secagg.start()))
         if kind == EPOCH:
             cfg = msgspec.msgpack.decode(payload, type=EpochConfig)
-            store = software_keystores(cfg, seed=self.plan.seed)[self.id]
-            self.secagg, self.chronos = None, ChronosClient(cfg, store)
+            stores = software_keystores(cfg, seed=self.plan.seed)
+            keys = {u: ks.identity_public_key for u, ks in stores.items()}
+            entries = SimAuthority.default().endorsed(keys, SignatureScheme(cfg.signature_scheme))
+            self.secagg, self.chronos = None, ChronosClient(cfg, stores[self.id], entries)
             return frame(MSG, cm.encode(self.chronos.start()))
         if kind == IDLE and self.chronos is not None:
             self.chronos.precompute_next()

@@ -64,7 +64,6 @@ def _one_run(
         t=t,
         dim=cfg.dim + 1,
         modulus_bits=cfg.modulus_bits,
-        graph_seed=run.to_bytes(16, "big"),
         signature_scheme=cfg.scheme,
     )
     n_drop = round(cfg.dropout * cfg.clients)

@@ -38,7 +38,6 @@ def run_demo(
         k=params.k,
         t=params.t,
         dim=dim + 1,
-        graph_seed=b"demo-graph-seed!",
         signature_scheme=settings.signature_scheme,
     )
     console.rule("[bold]QFLARE demo: one SecAgg+ round, in memory")

@@ -67,6 +67,13 @@ def derive_seed(scope: str, attempt: int, reveals: Mapping[int, bytes]) -> bytes
     return h.digest()[:GRAPH_SEED_BYTES]
 
 
+def _digest(commitments: Mapping[int, bytes]) -> bytes:
+    h = hashlib.sha256(_COMMIT_DOMAIN + b"/list")
+    for client in sorted(commitments):
+        h.update(_encode(client, commitments[client]))
+    return h.digest()
+
+
 def _refuse(why: str, state: str, client: int | None, reason: AbortReason) -> RemoteProtocolError:
     return RemoteProtocolError(why, state=state, client=client, reason=reason)
 
@@ -80,8 +87,7 @@ class SeedState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     attempt: int
     reveal: bytes
     next: bytes = b""
-    shown: dict[int, bytes] | None = None
-    members: tuple[int, ...] | None = None
+    shown: bytes = b""
 
 
 class SeedParticipant:
@@ -99,12 +105,10 @@ class SeedParticipant:
         self._attempt = 0
         self._reveal = rng.random_bytes(REVEAL_BYTES)
         self._next = b""
-        self._shown: dict[int, bytes] | None = None
-        self._members: frozenset[int] | None = None
+        self._shown = b""  # digest of the commitment list shown (O(1) memory per client)
 
     def export(self) -> SeedState:
         """The exchange state (contains the unrevealed bytes: seal it, never send it)."""
-        members = None if self._members is None else tuple(sorted(self._members))
         return SeedState(
             scope=self._scope,
             client=self._id,
@@ -113,7 +117,6 @@ class SeedParticipant:
             reveal=self._reveal,
             next=self._next,
             shown=self._shown,
-            members=members,
         )
 
     @classmethod
@@ -121,8 +124,7 @@ class SeedParticipant:
         """Resume from :meth:`export` output."""
         p = cls(state.scope, state.client, rng, state.max_restarts)
         p._attempt, p._reveal, p._next = state.attempt, state.reveal, state.next
-        p._shown = None if state.shown is None else dict(state.shown)
-        p._members = None if state.members is None else frozenset(state.members)
+        p._shown = state.shown
         return p
 
     @property
@@ -143,9 +145,9 @@ class SeedParticipant:
 
         Raises:
             RemoteProtocolError: an unexpected attempt, our commitment missing or changed,
-                strangers, a list that grew, or fewer than ``threshold`` members.
+                strangers, or fewer than ``threshold`` members.
         """
-        expected = 0 if self._shown is None else self._attempt + 1
+        expected = 0 if not self._shown else self._attempt + 1
         if attempt != expected or attempt > self._max:
             raise _refuse(
                 f"seed exchange attempt {attempt} (expected {expected}, at most {self._max})",
@@ -153,26 +155,24 @@ class SeedParticipant:
                 self._id,
                 AbortReason.SEED_WITHHELD,
             )
-        members = frozenset(commitments)
         if attempt > 0:
             self._reveal = self._next
         mine = commitment(self._scope, self._id, attempt, self._reveal)
-        grew = self._members is not None and not members <= self._members
-        if not hmac.compare_digest(commitments.get(self._id, b""), mine) or grew:
+        if not hmac.compare_digest(commitments.get(self._id, b""), mine):
             raise _refuse(
-                "seed commitments omit or change ours, or add clients",
+                "seed commitments omit or change ours",
                 state,
                 self._id,
                 AbortReason.INCONSISTENT_VIEW,
             )
-        if not members <= participants or len(members) < threshold:
+        if not commitments.keys() <= participants or len(commitments) < threshold:
             raise _refuse(
                 f"{len(members)} seed commitments (threshold {threshold}) or strangers",
                 state,
                 self._id,
                 AbortReason.TOO_FEW_CLIENTS,
             )
-        self._attempt, self._shown, self._members = attempt, dict(commitments), members
+        self._attempt, self._shown = attempt, _digest(commitments)
         self._next = self._rng.random_bytes(REVEAL_BYTES)
         return self._reveal, commitment(self._scope, self._id, attempt + 1, self._next)
 
@@ -182,23 +182,25 @@ class SeedParticipant:
         Raises:
             RemoteProtocolError: no list was shown yet, a member missing, or a bad reveal.
         """
-        shown = self._shown
-        if shown is None or set(reveals) != set(shown):
+        opened = {
+            client: commitment(self._scope, client, self._attempt, reveal)
+            for client, reveal in reveals.items()
+            if len(reveal) == REVEAL_BYTES
+        }
+        if not self._shown or len(opened) != len(reveals):
             raise _refuse(
-                "seed reveals do not match the commitments shown",
+                "seed reveals are malformed or came before the commitments",
                 state,
                 self._id,
                 AbortReason.INCONSISTENT_VIEW,
             )
-        for client, reveal in reveals.items():
-            opened = commitment(self._scope, client, self._attempt, reveal)
-            if len(reveal) != REVEAL_BYTES or not hmac.compare_digest(opened, shown[client]):
-                raise _refuse(
-                    "a seed reveal does not open its commitment",
-                    state,
-                    client,
-                    AbortReason.INCONSISTENT_VIEW,
-                )
+        if not hmac.compare_digest(_digest(opened), self._shown):
+            raise _refuse(
+                "seed reveals do not open the commitments shown",
+                state,
+                self._id,
+                AbortReason.INCONSISTENT_VIEW,
+            )
         return derive_seed(self._scope, self._attempt, reveals)
 
 

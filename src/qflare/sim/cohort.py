@@ -140,6 +140,7 @@ class Cohort:
             if certificates is not None
             else self.authority.certify_all(self.signers)
         )
+        self.authority.warm(self.certificates)  # devices verify peers once, not every round
         self.policy = policy or ClientPolicy()
         self._views, self._corrupt = dict(views or {}), corrupt
         self.registries = {u: RoundRegistry() for u in config.participants}

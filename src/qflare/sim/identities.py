@@ -19,6 +19,7 @@ from qflare.protocol.identity import (
     CertificateCache,
     EndorsedKey,
     IdentityDirectory,
+    IdentityError,
     issue_certificate,
 )
 
@@ -64,6 +65,17 @@ class SimAuthority:
             issued_at=0.0,
         )
         return issue_certificate(self._signer, body)
+
+    def warm(self, certificates: Mapping[int, bytes]) -> None:
+        """Verify ``certificates`` now (as devices do once per epoch), so rounds hit the cache.
+
+        Certificates that do not verify are skipped: they are refused when a client uses them.
+        """
+        for cert in certificates.values():
+            try:
+                self.cache.verify(cert, self.key)
+            except IdentityError:
+                continue
 
     def endorsed(self, keys: Mapping[int, bytes], scheme: SignatureScheme) -> dict[int, EndorsedKey]:
         """CHRONOS directory entries certifying each keystore key directly (as a device key)."""

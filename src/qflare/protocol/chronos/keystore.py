@@ -62,8 +62,10 @@ class ChronosKeystore(Protocol):
     for a forged, inconsistent or invariant-violating server message.
     """
 
-    rejected: dict[int, str]
-    """Peers left out of this epoch (bad certificate, signature, key or shares), and why."""
+    @property
+    def rejected(self) -> dict[int, str]:
+        """Peers left out of this epoch (bad certificate, signature, key or shares), and why."""
+        ...
 
     @property
     def client_id(self) -> int:
