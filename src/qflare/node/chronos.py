@@ -16,9 +16,11 @@ resumed after a node restart: the node simply joins the next epoch.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import numpy as np
@@ -28,7 +30,9 @@ from qflare.node.trainer import Trainer
 from qflare.protocol.chronos import ChronosClient, ChronosKeystore, Mode, SoftwareKeystore
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.errors import ProtocolError
-from qflare.protocol.quantize import QuantConfig, quantize
+from qflare.protocol.identity import AuthorityKey, endorse_key
+from qflare.protocol.policy import ClientPolicy
+from qflare.protocol.quantize import QuantConfig, quantize, weight_cap
 from qflare.protocol.wire import (
     UPDATE_CONTEXT,
     ChronosJoin,
@@ -40,10 +44,15 @@ from qflare.protocol.wire import (
     result_transcript,
 )
 
+if TYPE_CHECKING:
+    from qflare.tee.certs import SimulatedRootCa
+    from qflare.tee.chronos_host import EnclaveKeystore
+
 __all__ = [
     "ChronosParticipant",
     "EnclaveKeystores",
     "EpochAbandonedError",
+    "Joining",
     "KeystoreProvider",
     "SoftwareKeystores",
 ]
@@ -57,94 +66,149 @@ class EpochAbandonedError(Exception):
 
 
 class KeystoreProvider(Protocol):
-    """Where a node's CHRONOS secrets live: one keystore per epoch."""
+    """Where a node's CHRONOS secrets live: one keystore, epoch after epoch."""
 
-    def open(self, join: ChronosJoin) -> ChronosJoined:
-        """Open a fresh keystore for an epoch; return the identity key it signs with."""
+    def open(self, join: ChronosJoin) -> Joining:
+        """Open (or reopen) the keystore for an epoch; its signing key and, if any, evidence."""
         ...
 
-    def keystore(self, identities: dict[int, bytes]) -> ChronosKeystore:
-        """The opened keystore, with the epoch's identity directory installed."""
+    def keystore(self) -> ChronosKeystore:
+        """The opened keystore."""
         ...
 
     def close(self) -> None:
-        """Release the keystore (an enclave is shut down; its counter survives)."""
+        """Release the keystore (an enclave is shut down; its sealed state and counter stay)."""
         ...
+
+
+@dataclass(frozen=True)
+class Joining:
+    """What a keystore offers an epoch: the key that signs its epoch keys, and evidence."""
+
+    identity_pk: bytes
+    enclave: bool = False
+    evidence: bytes = b""
 
 
 class SoftwareKeystores:
-    """Keystores in the node process, signing epoch keys with the device identity key."""
+    """Keystores in the node process, signing epoch keys with the device identity key.
 
-    def __init__(self, signer: Signer, rng: Rng) -> None:
-        self._signer, self._rng = signer, rng
-        self._client: int | None = None
+    Args:
+        signer: The device identity key.
+        rng: Randomness of the keystore.
+        authority: The enrollment authority key peers are checked against.
+        policy: The node's policy for epoch parameters.
+    """
 
-    def open(self, join: ChronosJoin) -> ChronosJoined:
-        """The device identity key serves as the keystore's identity."""
-        self._client = join.client_index
-        return ChronosJoined(identity_pk=self._signer.public_key)
+    def __init__(
+        self, signer: Signer, rng: Rng, authority: AuthorityKey, policy: ClientPolicy
+    ) -> None:
+        self._signer, self._rng, self._authority, self._policy = signer, rng, authority, policy
+        self._store: SoftwareKeystore | None = None
 
-    def keystore(self, identities: dict[int, bytes]) -> ChronosKeystore:
-        """A fresh :class:`SoftwareKeystore` (its round counter is in memory)."""
-        if self._client is None:
+    def open(self, join: ChronosJoin) -> Joining:
+        """A fresh keystore in process; the device identity key serves as its key."""
+        self._store = SoftwareKeystore(
+            join.client_index,
+            self._signer,
+            self._rng,
+            authority=self._authority,
+            policy=self._policy,
+        )
+        return Joining(identity_pk=self._signer.public_key)
+
+    def keystore(self) -> ChronosKeystore:
+        """The keystore of the current epoch."""
+        if self._store is None:
             raise RuntimeError("open() was not called")
-        return SoftwareKeystore(self._client, self._signer, identities, self._rng)
+        return self._store
 
     def close(self) -> None:
         """Nothing to release."""
-        self._client = None
+        self._store = None
 
 
 class EnclaveKeystores:
-    """Keystores in a simulated enclave process whose platform state lives under ``root``.
+    """The device's keystore in a simulated enclave whose platform state lives under ``root``.
 
-    Each epoch opens a fresh enclave device (a new identity key made inside), because the
-    trusted application accepts one identity directory per device; the round counter is the
-    platform's monotonic counter, so it survives epochs and restarts. The latest sealed state
-    is written to ``root / chronos-sealed.bin``.
+    The device is provisioned once (first use): the enclave makes its identity key and seals
+    the enrollment authority's key and the node's policy; from then on it is reopened from its
+    sealed state (``root / chronos-sealed.bin``, rewritten after every change), epoch after
+    epoch, and the round counter is the platform's monotonic counter.
+
+    Args:
+        root: The device's enclave state directory.
+        authority: The authority key to provision (later opens use the sealed one).
+        policy: The policy to provision.
+        provisioner: The simulated TEE manufacturer that certifies the platform's attestation
+            key (without it, the enclave cannot produce evidence).
     """
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(
+        self,
+        root: Path,
+        authority: AuthorityKey | None = None,
+        policy: ClientPolicy | None = None,
+        provisioner: SimulatedRootCa | None = None,
+    ) -> None:
+        self.root, self._authority, self._policy = root, authority, policy
+        self._provisioner = provisioner
         self._store: object | None = None
 
-    def open(self, join: ChronosJoin) -> ChronosJoined:
-        """Start the enclave and open a new device in it."""
-        from qflare.tee import chronos_ta as ta  # the enclave stack: only when asked for
-        from qflare.tee.chronos_host import EnclaveKeystore
-        from qflare.tee.sim import SimEnclave
+    def open(self, join: ChronosJoin) -> Joining:
+        """Start the enclave (provisioning it on first use); evidence over its key if asked."""
+        from qflare.tee.attestation import NONCE_BYTES
+        from qflare.tee.errors import AttestationError
 
+        store = self._ensure(join)
+        evidence = b""
+        if len(join.nonce) == NONCE_BYTES:
+            try:
+                evidence = store.evidence(join.nonce)
+            except AttestationError as exc:  # e.g. a platform no manufacturer provisioned
+                log.warning("enclave cannot attest", extra={"why": str(exc)})
+        return Joining(identity_pk=store.identity_public_key, enclave=True, evidence=evidence)
+
+    def _ensure(self, join: ChronosJoin) -> EnclaveKeystore:
+        from qflare.tee.chronos_host import EnclaveKeystore
+
+        store = self._store
+        if isinstance(store, EnclaveKeystore) and store.client_id == join.client_index:
+            return store
         self.close()
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        enclave = SimEnclave.start(self.root, ta.CHRONOS_TA)
-        try:
-            store = EnclaveKeystore(
-                enclave,
-                join.client_index,
-                scheme=SignatureScheme(join.signature_scheme),
-                on_seal=self._save_sealed,
-            )
-        except BaseException:
-            enclave.close()
-            raise
+        sealed_file = self.root / SEALED_FILE
+        sealed = sealed_file.read_bytes() if sealed_file.exists() else b""
+        store = EnclaveKeystore.start(
+            self.root,
+            join.client_index,
+            scheme=SignatureScheme(join.signature_scheme),
+            sealed=sealed,
+            authority=self._authority,
+            policy=self._policy,
+            provisioner=self._provisioner,
+            on_seal=self._save_sealed,
+        )
         self._store = store
-        return ChronosJoined(identity_pk=store.identity_public_key, enclave=True)
+        return store
 
     def _save_sealed(self, sealed: bytes) -> None:
-        (self.root / SEALED_FILE).write_bytes(sealed)
+        path = self.root / SEALED_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(sealed)
+        os.replace(tmp, path)
 
-    def keystore(self, identities: dict[int, bytes]) -> ChronosKeystore:
-        """Install the directory inside the enclave; the enclave-backed keystore."""
+    def keystore(self) -> ChronosKeystore:
+        """The enclave-backed keystore."""
         from qflare.tee.chronos_host import EnclaveKeystore
 
         store = self._store
         if not isinstance(store, EnclaveKeystore):
             raise RuntimeError("open() was not called")
-        store.enroll(identities)
         return store
 
     def close(self) -> None:
-        """Shut the enclave down."""
+        """Shut the enclave down (its sealed state and counter survive)."""
         from qflare.tee.chronos_host import EnclaveKeystore
 
         store, self._store = self._store, None
@@ -162,6 +226,8 @@ class ChronosParticipant:
         rng: Randomness of the stochastic rounding.
         keystores: Where the epoch secrets live.
         clock: Wall-clock time (deadline warnings).
+        certificate: The device's certificate (endorses the keystore's key to peers).
+        cache: Unused by CHRONOS (its keystore checks certificates); kept for symmetry.
     """
 
     def __init__(
@@ -172,9 +238,13 @@ class ChronosParticipant:
         rng: Rng,
         keystores: KeystoreProvider,
         clock: Callable[[], float],
+        *,
+        certificate: bytes = b"",
+        cache: object | None = None,
     ) -> None:
         self.device_id, self._signer, self._trainer, self._rng = device_id, signer, trainer, rng
         self.keystores, self._clock = keystores, clock
+        self._certificate = certificate
         self.epoch: int | None = None
         self.mode = Mode.CHRONOS
         self.client: ChronosClient | None = None
@@ -215,17 +285,34 @@ class ChronosParticipant:
         return result
 
     def _join(self, task: Task, ct: ChronosTask, join: ChronosJoin) -> SignedResult:
-        self.abandon(None)
+        self.abandon(None, close=False)
         self.epoch, self.mode = ct.epoch, join.mode
-        joined = self.keystores.open(join)
-        log.info("joining epoch", extra={"epoch": ct.epoch, "enclave": joined.enclave})
+        joining = self.keystores.open(join)
+        entry = endorse_key(
+            self._signer,
+            self._certificate,
+            join.session,
+            join.client_index,
+            joining.identity_pk,
+            enclave=joining.enclave,
+        )
+        joined = ChronosJoined(
+            identity_pk=joining.identity_pk,
+            enclave=joining.enclave,
+            endorsement=entry,
+            evidence=joining.evidence,
+        )
+        log.info("joining epoch", extra={"epoch": ct.epoch, "enclave": joining.enclave})
         return self._sign(task, msgspec.msgpack.encode(joined))
 
     def _reply(self, task: Task, ct: ChronosTask) -> cm.ClientMessage | None:
         if ct.setup is not None:
-            keystore = self.keystores.keystore(dict(ct.setup.identities))
-            self.client = ChronosClient(ct.setup.config, keystore)
-            return self.client.start()
+            keystore = self.keystores.keystore()
+            self.client = ChronosClient(ct.setup.config, keystore, ct.setup.directory)
+            reply = self.client.start()
+            if keystore.rejected:
+                log.warning("peers left out", extra={"epoch": ct.epoch, **_named(keystore)})
+            return reply
         client = self.client
         if client is None or ct.message is None:
             log.warning("malformed CHRONOS task ignored", extra={"step": task.step})
@@ -245,7 +332,8 @@ class ChronosParticipant:
         cfg = QuantConfig(info.clip, client.cfg.modulus_bits, info.max_total_weight)
         if self._clock() > info.deadline:
             log.warning("training overran the step deadline", extra={"round": round_id})
-        return quantize(delta, examples, cfg, self._rng)
+        cap = weight_cap(cfg, len(client.cfg.participants))
+        return quantize(delta, min(examples, cap), cfg, self._rng)
 
     def _sign(self, task: Task, message: bytes) -> SignedResult:
         transcript = result_transcript(self.device_id, task.round_id, task.step, message)
@@ -276,10 +364,16 @@ class ChronosParticipant:
                 log.warning("precompute failed", extra={"why": str(exc)})
         return True
 
-    def abandon(self, why: str | None) -> None:
-        """Leave the current epoch (its keystore is closed)."""
+    def abandon(self, why: str | None, *, close: bool = True) -> None:
+        """Leave the current epoch (the keystore is closed unless ``close`` is false)."""
         if why is not None and self.epoch is not None:
             log.warning("epoch abandoned", extra={"epoch": self.epoch, "why": why})
-        self.keystores.close()
+        if close:
+            self.keystores.close()
         self.epoch, self.client, self._step, self._answer = None, None, -1, None
         self._closing = {}
+
+
+def _named(keystore: ChronosKeystore) -> dict[str, str]:
+    """Rejected peers as log fields (reasons only, no keys)."""
+    return {f"peer_{v}": why for v, why in sorted(keystore.rejected.items())}

@@ -2,9 +2,13 @@
 
 Round life cycle seen from a node:
 
-* step 0 (:class:`~qflare.protocol.wire.RoundStart`): train from the given weights, quantise the
-  delta (weight = number of examples), make a fresh client machine, answer with ``start()``
-  (which claims the round id in the persisted registry before anything leaves the node);
+* step 0 (:class:`~qflare.protocol.wire.RoundStart`): make a fresh client machine first -- it
+  checks the round's parameters against this node's :class:`ClientPolicy` and every peer's
+  certificate against the pinned enrollment authority, and a refusal is sent to the server as
+  a signed :class:`~qflare.protocol.wire.Notice` (the operator sees it in ``qflare device
+  list``); then train from the given weights, quantise the delta (weight = number of examples,
+  capped so that the cohort's sum fits the ring), answer with ``start()`` (which claims the
+  round id in the persisted registry before anything leaves the node);
 * step ``s >= 1``: decode the server message, hand the quantised vector over just before the
   ``ShareRelay`` is fed, answer with ``receive()``;
 * the same task served again (our answer was lost): send the same signed answer again. A client
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
-from qflare.crypto import MaskPrg, RingVector, Rng, Signer, ring_dtype
+from qflare.crypto import MaskPrg, RingVector, Rng, SignatureScheme, Signer, ring_dtype
 from qflare.node.chronos import (
     ChronosParticipant,
     EpochAbandonedError,
@@ -39,10 +43,19 @@ from qflare.node.state import NodeState
 from qflare.node.trainer import Trainer
 from qflare.node.transport import ConflictError, ServerError, TransportError
 from qflare.protocol import messages as m
-from qflare.protocol.errors import ProtocolError
-from qflare.protocol.quantize import QuantConfig, quantize
+from qflare.protocol.errors import LocalProtocolError, ProtocolError
+from qflare.protocol.identity import CertificateCache, IdentityDirectory
+from qflare.protocol.policy import ClientPolicy
+from qflare.protocol.quantize import QuantConfig, quantize, weight_cap
 from qflare.protocol.secagg import RoundRegistry, SecAggClient, State
-from qflare.protocol.wire import UPDATE_CONTEXT, RoundStart, SignedResult, Task, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    Notice,
+    RoundStart,
+    SignedResult,
+    Task,
+    result_transcript,
+)
 
 __all__ = ["NodeRunner", "RunReport"]
 
@@ -95,6 +108,7 @@ class NodeRunner:
         poll_wait: Long-poll duration in seconds (bounds how fast a stop request is noticed).
         pause_s: Pause after an error or a task that this node cannot answer.
         keystores: Where CHRONOS epoch secrets live (default: software keystores in process).
+        policy: What round parameters this node accepts.
     """
 
     def __init__(
@@ -109,9 +123,13 @@ class NodeRunner:
         poll_wait: float = 10.0,
         pause_s: float = 1.0,
         keystores: KeystoreProvider | None = None,
+        policy: ClientPolicy | None = None,
     ) -> None:
         self.device_id = state.require_device().device_id
         self._signer: Signer = state.signer()
+        self._authority = state.authority()
+        self._certs = CertificateCache()  # each peer's certificate is verified once
+        self._policy = policy or ClientPolicy()
         self._registry: RoundRegistry = state.registry()
         self._transport, self._trainer, self._rng = transport, trainer, rng
         self._clock, self._sleep = clock, sleep
@@ -124,8 +142,10 @@ class NodeRunner:
             self._signer,
             trainer,
             rng,
-            keystores or SoftwareKeystores(self._signer, rng),
+            keystores or SoftwareKeystores(self._signer, rng, self._authority, self._policy),
             clock,
+            certificate=state.certificate(),
+            cache=self._certs,
         )
 
     # ---- the loop -------------------------------------------------------------------------------
@@ -233,23 +253,56 @@ class NodeRunner:
         if cfg.round_id != round_id:
             log.warning("round start names another round", extra={"round": round_id})
             return None
-        try:
-            vector = self._local_update(start)
+        try:  # every check on the server's values comes before any training or key
+            directory = IdentityDirectory(
+                self._authority,
+                start.certificates,
+                scheme=SignatureScheme(cfg.signature_scheme),
+                cache=self._certs,
+            )
             client = SecAggClient(
                 cfg,
                 start.client_index,
                 self._signer,
-                start.identities,
+                directory,
                 self._rng,
                 self._registry,
                 prg=self._mask_prg(cfg),
+                policy=self._policy,
             )
+        except ProtocolError as exc:
+            return self._decline(round_id, exc)
+        try:
+            vector = self._local_update(start)
             self._round = _Round(round_id, client, vector)
             return self._answer(self._round, 0, client.start())
         except (ProtocolError, ValueError, RuntimeError) as exc:  # RuntimeError: torch
             self._round = None
             self._count_drop(round_id, 0, f"cannot start: {exc}")
             return None
+
+    def _decline(self, round_id: int, exc: ProtocolError) -> SignedResult:
+        """Refuse a round the server opened, and tell the server why (signed)."""
+        why = str(exc).split("] ", 1)[-1]
+        kind = "refused" if isinstance(exc, LocalProtocolError) else "inconsistent"
+        log.warning(
+            "round declined",
+            extra={"round": round_id, "reason": exc.reason.value, "why": why, "kind": kind},
+        )
+        self.report.dropped += 1
+        notice = Notice(kind="declined", reason=exc.reason.value, detail=why)
+        return self._sign_notice(round_id, 0, notice)
+
+    def _sign_notice(self, round_id: int, step: int, notice: Notice) -> SignedResult:
+        message = msgspec.msgpack.encode(notice)
+        transcript = result_transcript(self.device_id, round_id, step, message)
+        return SignedResult(
+            device_id=self.device_id,
+            round_id=round_id,
+            step=step,
+            message=message,
+            signature=self._signer.sign(transcript, context=UPDATE_CONTEXT),
+        )
 
     def _local_update(self, start: RoundStart) -> RingVector:
         """Train, then quantise ``[weight·delta, weight]`` into the round's ring."""
@@ -259,7 +312,10 @@ class NodeRunner:
         if delta.shape != weights.shape:
             raise ValueError(f"trainer returned {delta.shape}, model has {weights.shape}")
         cfg = QuantConfig(start.clip, start.config.modulus_bits, start.max_total_weight)
-        vector = quantize(delta, examples, cfg, self._rng)
+        cap = weight_cap(cfg, len(start.config.participants))
+        if examples > cap:
+            log.info("weight capped so the sum fits", extra={"examples": examples, "cap": cap})
+        vector = quantize(delta, min(examples, cap), cfg, self._rng)
         now = self._clock()
         log.info(
             "local update ready",

@@ -5,6 +5,10 @@ vector ``[w·q(x), w]`` where ``q`` clips to ``[-clip, clip]`` and rounds stocha
 to ``value_bits`` bits. The modular sum of those vectors is exact as long as
 ``Σ w ≤ max_total_weight``, which sets the headroom: ``value_bits = b - 1 - ceil(log2 W)``.
 Dequantising the sum gives ``Σ w·x`` (up to rounding) and ``Σ w`` exactly.
+
+Each weight alone fitting is not enough: the *sum* must fit. A client of a cohort of ``n``
+therefore caps its weight at ``W // n`` (:func:`weight_cap`), and :func:`dequantize` refuses a
+sum whose total weight exceeds ``W`` (:class:`RingOverflowError`) instead of returning wrapped values.
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         ring_dtype(self.modulus_bits)
-        if not self.clip > 0:
-            raise ValueError("clip must be positive")
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError("clip must be positive and finite")
         if self.max_total_weight < 1:
             raise ValueError("max_total_weight must be at least 1")
         if self.value_bits < MIN_VALUE_BITS:
@@ -68,6 +72,26 @@ class QuantConfig:
         return dim + 1
 
 
+class RingOverflowError(ValueError):
+    """A summed ring vector's total weight exceeds the headroom: its values may have wrapped."""
+
+
+def weight_cap(cfg: QuantConfig, clients: int) -> int:
+    """Largest weight each of ``clients`` may upload so that their sum fits ``max_total_weight``.
+
+    Raises:
+        ValueError: fewer than one unit of weight per client (the headroom is too small).
+    """
+    if clients < 1:
+        raise ValueError("a cohort has at least one client")
+    cap = cfg.max_total_weight // clients
+    if cap < 1:
+        raise ValueError(
+            f"max_total_weight {cfg.max_total_weight} leaves no weight for {clients} clients"
+        )
+    return cap
+
+
 def stochastic_round(values: npt.NDArray[np.float64], rng: Rng) -> npt.NDArray[np.int64]:
     """Round to integers so that ``E[round(v)] = v`` (unbiased)."""
     gen = np.random.Generator(np.random.PCG64(int.from_bytes(rng.random_bytes(16), "big")))
@@ -78,6 +102,8 @@ def stochastic_round(values: npt.NDArray[np.float64], rng: Rng) -> npt.NDArray[n
 
 def quantize(update: npt.NDArray[Any], weight: int, cfg: QuantConfig, rng: Rng) -> RingVector:
     """Encode ``weight · update`` plus the weight itself as a ring vector of length ``d + 1``.
+
+    Callers in a cohort of ``n`` keep ``weight <= weight_cap(cfg, n)`` so that the sum fits.
 
     Raises:
         ValueError: non-finite values, or a weight outside ``[0, max_total_weight]``.
@@ -94,7 +120,25 @@ def quantize(update: npt.NDArray[Any], weight: int, cfg: QuantConfig, rng: Rng) 
     return out
 
 
-def dequantize(total: RingVector, cfg: QuantConfig) -> tuple[npt.NDArray[np.float64], int]:
-    """Decode a summed ring vector into ``(Σ w·x, Σ w)``."""
+def dequantize(
+    total: RingVector, cfg: QuantConfig, *, strict: bool = True
+) -> tuple[npt.NDArray[np.float64], int]:
+    """Decode a summed ring vector into ``(Σ w·x, Σ w)``.
+
+    Args:
+        total: The modular sum.
+        cfg: The quantisation it was made with.
+        strict: Refuse a total weight above ``max_total_weight`` (off only to read garbage on
+            purpose, as the attack harness does with a masked upload).
+
+    Raises:
+        RingOverflowError: ``strict`` and the total weight exceeds the headroom.
+    """
+    weight = int(total[-1])
+    if strict and weight > cfg.max_total_weight:
+        raise RingOverflowError(
+            f"total weight {weight} exceeds max_total_weight {cfg.max_total_weight}: "
+            "the sum may have wrapped"
+        )
     signed = total[:-1].view(_SIGNED[cfg.modulus_bits]).astype(np.float64)
-    return signed / cfg.scale, int(total[-1])
+    return signed / cfg.scale, weight

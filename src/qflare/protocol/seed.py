@@ -167,7 +167,7 @@ class SeedParticipant:
             )
         if not commitments.keys() <= participants or len(commitments) < threshold:
             raise _refuse(
-                f"{len(members)} seed commitments (threshold {threshold}) or strangers",
+                f"{len(commitments)} seed commitments (threshold {threshold}) or strangers",
                 state,
                 self._id,
                 AbortReason.TOO_FEW_CLIENTS,

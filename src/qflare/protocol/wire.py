@@ -10,6 +10,7 @@ import hashlib
 import msgspec
 
 from qflare.protocol.chronos.messages import EpochConfig, Mode
+from qflare.protocol.identity import EndorsedKey
 from qflare.protocol.messages import PROTOCOL_VERSION, RoundConfig, decode_as, encode
 
 __all__ = [
@@ -20,11 +21,13 @@ __all__ = [
     "ChronosTask",
     "EnrollRequest",
     "EnrollResponse",
+    "Notice",
     "RoundStart",
     "SealedFrame",
     "SignedResult",
     "Task",
     "decode_as",
+    "decode_notice",
     "result_transcript",
 ]
 
@@ -92,32 +95,40 @@ class ChronosJoin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         client_index: The node's id inside the epoch.
         mode: ``chronos`` or ``chronos-dm``.
         signature_scheme: Identity scheme of the epoch keys' signatures.
+        session: The federation session (bound into keystore-key endorsements).
+        nonce: A fresh 32-byte challenge the keystore's attestation evidence must answer.
     """
 
     version: int = PROTOCOL_VERSION
     client_index: int
     mode: Mode
     signature_scheme: str
+    session: str = "qflare"
+    nonce: bytes = b""
 
 
 class ChronosJoined(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A node's answer to :class:`ChronosJoin`: the identity key its keystore signs with.
+    """A node's answer to :class:`ChronosJoin`: the key its keystore signs with, vouched for.
 
-    It travels inside a :class:`SignedResult`, so the device's enrolled identity vouches for it
-    (an enclave-backed keystore makes its own identity key inside the enclave).
+    ``endorsement`` chains authority -> device certificate -> keystore key, for the peers'
+    keystores to check; ``evidence`` is the enclave's attestation binding that key to the
+    trusted application's measurement and the join's nonce, for the server to check before it
+    admits the device to the epoch.
     """
 
     version: int = PROTOCOL_VERSION
     identity_pk: bytes
     enclave: bool = False
+    endorsement: EndorsedKey | None = None
+    evidence: bytes = b""
 
 
 class ChronosSetup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Second task of an epoch: its public parameters and the keystores' identity directory."""
+    """Second task of an epoch: its parameters and the participants' endorsed keystore keys."""
 
     version: int = PROTOCOL_VERSION
     config: EpochConfig
-    identities: dict[int, bytes]
+    directory: dict[int, EndorsedKey]
 
 
 class ChronosRound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -166,6 +177,39 @@ class Task(
     start: RoundStart | None = None
     message: bytes | None = None
     chronos: ChronosTask | None = None
+
+
+class Notice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="notice"):
+    """Sent instead of a protocol message: the node declines the step, or leaves for good.
+
+    It travels inside a :class:`SignedResult` (so the device's identity vouches for it). The
+    server records it for the operator (``qflare device list``) and stops waiting for the node.
+
+    Attributes:
+        kind: ``declined`` (this round: e.g. its parameters break the node's policy) or
+            ``leaving`` (the node stops; do not sample it until it polls again).
+        reason: Machine-readable reason (an abort reason or ``shutdown``).
+        detail: Human-readable explanation (never secrets).
+    """
+
+    version: int = PROTOCOL_VERSION
+    kind: str
+    reason: str
+    detail: str = ""
+
+
+NOTICE_KINDS = frozenset({"declined", "leaving"})
+
+
+def decode_notice(message: bytes) -> Notice | None:
+    """The :class:`Notice` in a result's message, or ``None`` if it carries a protocol message."""
+    try:
+        notice = msgspec.msgpack.decode(message, type=Notice)
+    except msgspec.MsgspecError:
+        return None
+    if notice.kind not in NOTICE_KINDS or len(notice.reason) > 64 or len(notice.detail) > 500:
+        return None
+    return notice
 
 
 class SignedResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -21,7 +21,7 @@ from qflare.fl.attack_experiment import Observer
 from qflare.protocol.graph import complete_threshold, find_params
 from qflare.protocol.messages import ClientMessage, MaskedInput, RoundConfig
 from qflare.protocol.policy import ClientPolicy
-from qflare.protocol.quantize import QuantConfig, dequantize, quantize
+from qflare.protocol.quantize import QuantConfig, dequantize, quantize, weight_cap
 from qflare.protocol.secagg import ROUNDS, State
 from qflare.sim.cohort import Cohort
 from qflare.sim.identities import SimAuthority
@@ -122,7 +122,10 @@ class SecAggAggregator:
             authority=self._authority,
             certificates={u: self._certificate(u) for u in ids},
         )
-        res = cohort.run(lambda u: quantize(updates[u][0], updates[u][1], self.quant, self._rng))
+        cap = weight_cap(self.quant, len(ids))
+        res = cohort.run(
+            lambda u: quantize(updates[u][0], min(updates[u][1], cap), self.quant, self._rng)
+        )
         if res.total is None:
             raise RuntimeError(f"secure aggregation round {round_id} aborted: {res.server_errors}")
         total, weight = dequantize(res.total, self.quant)
@@ -144,7 +147,7 @@ def attack_observers(
 
     def quantised(gradient: FlatVector, rng: np.random.Generator) -> npt.NDArray[np.float64]:
         q = quantize(gradient, 1, quant, drbg)
-        return dequantize(q, quant)[0]
+        return dequantize(q, quant, strict=False)[0]
 
     def masked(gradient: FlatVector, rng: np.random.Generator) -> npt.NDArray[np.float64]:
         captured: dict[int, bytes] = {}
@@ -169,6 +172,6 @@ def attack_observers(
             lambda u: quantize(gradient if u == 0 else others[u], 1, quant, drbg)
         )
         words = np.frombuffer(captured[0], dtype=np.uint32)
-        return dequantize(words.copy(), quant)[0]
+        return dequantize(words.copy(), quant, strict=False)[0]
 
     return quantised, masked
