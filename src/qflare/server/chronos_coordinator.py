@@ -29,7 +29,7 @@ from qflare.ledger import Ledger
 from qflare.protocol.chronos import ChronosServer, EpochConfig, Mode, State
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.errors import ProtocolError, RemoteProtocolError
-from qflare.protocol.quantize import dequantize
+from qflare.protocol.quantize import RingOverflowError, dequantize
 from qflare.protocol.wire import (
     ChronosJoin,
     ChronosJoined,
@@ -37,7 +37,9 @@ from qflare.protocol.wire import (
     ChronosSetup,
     ChronosTask,
     SignedResult,
+    decode_notice,
 )
+from qflare.server.admission import Admission, Refused
 from qflare.server.chronos_live import (
     ChronosEpoch,
     abort_row,
@@ -49,13 +51,14 @@ from qflare.server.chronos_live import (
 from qflare.server.coordinator_base import CoordinatorBase
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
-from qflare.store import repos
+from qflare.store import conduct, repos
 from qflare.store.models import Round
 
 __all__ = ["RESTART_ABORT", "ChronosCoordinator"]
 
 log = logging.getLogger("qflare.server")
 RESTART_ABORT = "server restarted: an interrupted CHRONOS epoch is not resumed"
+SESSION = "qflare"
 
 
 class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
@@ -81,6 +84,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
     ) -> None:
         super().__init__(settings, factory, ledger, models, clock, rng)
         self.mode = Mode(settings.protocol)
+        self.admission = Admission.from_settings(settings)
 
     # ---- results --------------------------------------------------------------------------------
 
@@ -95,21 +99,50 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             live = self._live
             index = verified_index(live, self._scheme, device_id, result, identity_pk)
             assert live is not None
-            if live.machine is None:
-                self._accept_join(live, index, result.message)
+            notice = decode_notice(result.message)
+            if notice is not None:
+                self.notice(device_id, notice.kind, notice.reason, notice.detail)
+                self._stop_waiting(live, index)
+            elif live.machine is None:
+                self._accept_join(live, index, device_id, identity_pk, result.message)
             else:
                 self._accept(live, live.machine, index, result.message)
             if live.ready():
                 self._advance(live)
 
-    def _accept_join(self, live: ChronosEpoch, index: int, payload: bytes) -> None:
+    def _stop_waiting(self, live: ChronosEpoch, index: int) -> None:
+        if live.machine is None:
+            live.refused.add(index)
+        elif index in live.machine.pending():
+            live.machine.drop(index)
+            self._log(live, "reject", index, None)
+
+    def _accept_join(
+        self, live: ChronosEpoch, index: int, device_id: str, device_pk: bytes, payload: bytes
+    ) -> None:
         try:
             joined = msgspec.msgpack.decode(payload, type=ChronosJoined)
         except msgspec.MsgspecError as exc:
             raise malformed("JOIN", index, exc) from exc
-        if index in live.joined:
-            return  # an identical retry (the step is still open)
+        if index in live.joined or index in live.refused:
+            return  # a retry (the step is still open)
+        try:
+            self.admission.check(
+                joined,
+                scheme=self._scheme,
+                device_pk=device_pk,
+                session=SESSION,
+                index=index,
+                nonce=live.nonces.get(index, b""),
+            )
+        except Refused as exc:
+            live.refused.add(index)
+            self.notice(device_id, "refused", "admission", str(exc))
+            self._log(live, "reject", index, None)
+            return
+        assert joined.endorsement is not None
         live.joined[index] = joined.identity_pk
+        live.entries[index] = joined.endorsement
         self._log(live, "message", index, payload)
 
     def _accept(self, live: ChronosEpoch, machine: ChronosServer, index: int, data: bytes) -> None:
@@ -208,11 +241,9 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             rounds = min(rounds, self.settings.max_rounds - self._completed_rounds())
             if rounds <= 0:
                 return
-        fresh = now - 2 * self.settings.long_poll_max_s - self.settings.step_timeout_s
         with self._factory() as db:
-            devices = [d for d in repos.active_devices(db) if self._seen.get(d.id, -1.0) >= fresh]
+            devices = self.sample(db, now)
             first = repos.next_round_id(db)
-        devices = devices[: self.settings.max_clients]
         if len(devices) < max(self.settings.min_clients, 2):
             return
         version, _ = self._models.latest()
@@ -229,11 +260,16 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
                 deadline=now + self.settings.step_timeout_s,
             )
         live = ChronosEpoch(first, rounds, ids, first, now + self.settings.step_timeout_s)
+        live.nonces = {i: self._rng.random_bytes(32) for i in ids}
         join = {
             i: ChronosTask(
                 epoch=first,
                 join=ChronosJoin(
-                    client_index=i, mode=self.mode, signature_scheme=self._scheme.value
+                    client_index=i,
+                    mode=self.mode,
+                    signature_scheme=self._scheme.value,
+                    session=SESSION,
+                    nonce=live.nonces[i],
                 ),
             )
             for i in ids
@@ -248,33 +284,29 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             now,
         )
 
-    def _params(self, n: int) -> tuple[int, int]:
-        if self.settings.k is not None and self.settings.t is not None:
-            return min(self.settings.k, n), min(self.settings.t, n)
-        return n, n // 2 + 1  # the complete graph; a majority threshold (2t > n for -dm)
-
     def _finish_join(self, live: ChronosEpoch, now: float) -> None:
         participants = tuple(sorted(live.joined))
         if len(participants) < max(self.settings.min_clients, 2):
             self._end_epoch(live, now, abort=f"{len(participants)} devices joined the epoch")
             return
-        k, t = self._params(len(participants))
+        k, t = self.graph_params(len(participants))
         _, weights = self._models.latest()
         try:
             cfg = EpochConfig(
-                session="qflare",
+                session=SESSION,
                 epoch=live.epoch,
                 mode=self.mode,
                 participants=participants,
                 k=k,
                 t=t,
                 dim=weights.size + 1,
-                graph_seed=self._rng.random_bytes(16),
                 signature_scheme=self._scheme.value,
                 first_round=live.epoch,
                 rounds=live.rounds,
             )
-            live.machine = ChronosServer(cfg, dict(live.joined))
+            live.machine = ChronosServer(
+                cfg, dict(live.joined), max_seed_restarts=self.settings.seed_restarts
+            )
         except ProtocolError as exc:
             self._end_epoch(live, now, abort=str(exc))
             return
@@ -283,7 +315,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             row = db.get(Round, live.round_id)
             if row is not None:
                 row.config = cm.encode(cfg)
-        setup = ChronosSetup(config=cfg, identities=dict(live.joined))
+        setup = ChronosSetup(config=cfg, directory=dict(sorted(live.entries.items())))
         tasks = {u: ChronosTask(epoch=live.epoch, setup=setup) for u in participants}
         self._send(live, tasks, now)
 
@@ -353,14 +385,21 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         result = result_of(machine.results, live.round_id)
         total = result.total if result is not None and abort is None else None
         version = None
+        decoded = None
+        if total is not None:
+            try:
+                decoded = dequantize(total, self.quant)
+            except RingOverflowError as exc:  # refuse a wrapped sum rather than apply it
+                abort, total = str(exc), None
         with self._factory() as db, db.begin():
             row = db.get(Round, live.round_id)
             assert row is not None
             row.state = "COMPLETED" if total is not None else "ABORTED"
             row.closed_at, row.abort_reason = now, abort
-            if total is not None:
+            conduct.set_culprits(db, live.round_id, machine.culprits)
+            if total is not None and decoded is not None:
                 row.result = total.tobytes()
-                weighted, weight = dequantize(total, self.quant)
+                weighted, weight = decoded
                 version = self._models.apply_fedavg(db, weighted, weight, live.round_id, now)
         live.in_round, live.outbox = False, {}
         self._last_close = now

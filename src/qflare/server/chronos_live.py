@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from qflare.crypto import CryptoError, SignatureScheme, verify_signature
 from qflare.protocol.chronos import ChronosServer, RoundResult, State
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
+from qflare.protocol.identity import EndorsedKey
 from qflare.protocol.wire import (
     UPDATE_CONTEXT,
     ChronosTask,
@@ -21,6 +22,7 @@ from qflare.store.models import Round
 _COLLECTING = frozenset(
     {
         State.O0_ADVERTISE_KEYS,
+        State.O0_REVEAL_SEED,
         State.O1_SHARE_KEYS,
         State.O2_CONFIRM,
         State.ON_MASKED_INPUT,
@@ -41,6 +43,9 @@ class ChronosEpoch:
         deadline: When silent clients of this step become dropouts.
         step: Epoch-wide step counter (0 = join, 1 = offline O0, ...).
         joined: Client index -> the identity key its keystore signs with.
+        entries: Client index -> its certificate and keystore-key endorsement (for the setup).
+        nonces: Client index -> the attestation challenge of its join task.
+        refused: Clients refused at the join step (or that declined it).
         machine: The sans-IO epoch server (made once the join step closes).
         outbox: Client index -> its task payload for the current step.
         in_round: Whether a round is running (between ``open_round`` and its result).
@@ -56,6 +61,9 @@ class ChronosEpoch:
     deadline: float
     step: int = 0
     joined: dict[int, bytes] = field(default_factory=dict)
+    entries: dict[int, EndorsedKey] = field(default_factory=dict)
+    nonces: dict[int, bytes] = field(default_factory=dict)
+    refused: set[int] = field(default_factory=set)
     machine: ChronosServer | None = None
     outbox: dict[int, ChronosTask] = field(default_factory=dict)
     in_round: bool = False
@@ -74,7 +82,7 @@ class ChronosEpoch:
     def pending(self) -> frozenset[int]:
         """Clients the current step still waits for."""
         if self.machine is None:
-            return frozenset(self.devices) - frozenset(self.joined)
+            return frozenset(self.devices) - frozenset(self.joined) - frozenset(self.refused)
         return self.machine.pending() if self.collecting() else frozenset()
 
     def ready(self) -> bool:

@@ -18,13 +18,18 @@ import numpy.typing as npt
 from qflare.crypto import CryptoError, verify_signature
 from qflare.protocol import messages as m
 from qflare.protocol.errors import AbortReason, ProtocolError, RemoteProtocolError
-from qflare.protocol.graph import find_params
-from qflare.protocol.quantize import dequantize
+from qflare.protocol.quantize import RingOverflowError, dequantize
 from qflare.protocol.secagg import SecAggServer, State
-from qflare.protocol.wire import UPDATE_CONTEXT, RoundStart, SignedResult, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    RoundStart,
+    SignedResult,
+    decode_notice,
+    result_transcript,
+)
 from qflare.server.coordinator_base import CoordinatorBase
 from qflare.server.live import LiveRound
-from qflare.store import repos
+from qflare.store import conduct, repos
 from qflare.store.models import Round
 
 
@@ -67,6 +72,10 @@ class Coordinator(CoordinatorBase[LiveRound]):
                     reason=AbortReason.BAD_SIGNATURE,
                     http_status=401,
                 ) from exc
+            notice = decode_notice(result.message)
+            if notice is not None:
+                self._noticed(live, index, device_id, notice.kind, notice.reason, notice.detail)
+                return
             try:
                 msg = m.decode_client(result.message)
             except msgspec.MsgspecError as exc:
@@ -86,6 +95,17 @@ class Coordinator(CoordinatorBase[LiveRound]):
             self._accept(live, index, msg)
             if live.machine.ready():
                 self._advance(live)
+
+    def _noticed(
+        self, live: LiveRound, index: int, device_id: str, kind: str, reason: str, detail: str
+    ) -> None:
+        """A node declined this round (or leaves): record why and stop waiting for it."""
+        self.notice(device_id, kind, reason, detail)
+        if index in live.machine.pending():
+            live.machine.drop(index)
+            self._log(live, "reject", index, None)
+        if live.machine.ready():
+            self._advance(live)
 
     def _require_step(self, device_id: str, result: SignedResult) -> LiveRound:
         live = self._live
@@ -113,7 +133,8 @@ class Coordinator(CoordinatorBase[LiveRound]):
         if not was_pending:
             return  # an identical retry, ignored by the machine: already in the log
         if isinstance(msg, m.MaskedInput):
-            self._log(live, "masked", index, None, acc=live.machine.accumulator)
+            missing = msgspec.msgpack.encode(list(msg.missing))
+            self._log(live, "masked", index, missing, acc=live.machine.accumulator)
         else:
             self._log(live, "message", index, m.encode(msg))
 
@@ -169,17 +190,15 @@ class Coordinator(CoordinatorBase[LiveRound]):
     def _maybe_open(self, now: float) -> None:
         if self.settings.max_rounds and self._completed_rounds() >= self.settings.max_rounds:
             return
-        fresh = now - 2 * self.settings.long_poll_max_s - self.settings.step_timeout_s
         with self._factory() as db:
-            devices = [d for d in repos.active_devices(db) if self._seen.get(d.id, -1.0) >= fresh]
+            devices = self.sample(db, now)
             round_id = repos.next_round_id(db)
-        devices = devices[: self.settings.max_clients]
         if len(devices) < max(self.settings.min_clients, 2):
             return
         version, weights = self._models.latest()
         n = len(devices)
         ids = tuple(d.client_index for d in devices)
-        k, t = self._graph_params(n)
+        k, t = self.graph_params(n)
         cfg = m.RoundConfig(
             session="qflare",
             round_id=round_id,
@@ -188,7 +207,6 @@ class Coordinator(CoordinatorBase[LiveRound]):
             t=t,
             dim=weights.size + 1,
             modulus_bits=32,
-            graph_seed=self._rng.random_bytes(16),
             signature_scheme=self._scheme.value,
         )
         with self._factory() as db, db.begin():
@@ -207,7 +225,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
         self._live = self._build_live(
             cfg,
             {d.client_index: d.id for d in devices},
-            {d.client_index: d.identity_pk for d in devices},
+            {d.client_index: (d.identity_pk, d.certificate) for d in devices},
             version,
             weights,
             now,
@@ -219,32 +237,23 @@ class Coordinator(CoordinatorBase[LiveRound]):
             now,
         )
 
-    def _graph_params(self, n: int) -> tuple[int, int]:
-        if self.settings.k is not None and self.settings.t is not None:
-            return min(self.settings.k, n), min(self.settings.t, n)
-        if self.settings.protocol == "secagg":  # classic SecAgg: the complete graph
-            return n, max(2, n // 2 + 1) if n > 2 else n
-        try:
-            p = find_params(n, dropout_fraction=self.settings.dropout_estimate)
-        except ValueError:  # too few clients to tolerate the planned dropouts: all must stay
-            return n, n
-        return p.k, p.t
-
     def _build_live(
         self,
         cfg: m.RoundConfig,
         devices: dict[int, str],
-        identities: dict[int, bytes],
+        keys: dict[int, tuple[bytes, bytes]],
         version: int,
         weights: npt.NDArray[np.float32],
         now: float,
     ) -> LiveRound:
         deadline = now + self.settings.step_timeout_s
+        identities = {i: pk for i, (pk, _) in keys.items()}
+        certificates = {i: cert for i, (_, cert) in keys.items()}
         starts = {
             i: RoundStart(
                 config=cfg,
                 client_index=i,
-                identities=identities,
+                certificates=certificates,
                 model_version=version,
                 weights=weights.astype(np.float32).tobytes(),
                 clip=self.quant.clip,
@@ -253,7 +262,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
             )
             for i in devices
         }
-        machine = SecAggServer(cfg, identities)
+        machine = SecAggServer(cfg, identities, max_seed_restarts=self.settings.seed_restarts)
         return LiveRound(cfg.round_id, cfg, machine, devices, identities, starts, deadline=deadline)
 
     def _completed_rounds(self) -> int:
@@ -263,23 +272,33 @@ class Coordinator(CoordinatorBase[LiveRound]):
     def _close(self, live: LiveRound, now: float, abort: str | None) -> None:
         result = live.machine.result
         version = None
+        decoded = None
+        if result is not None:
+            try:
+                decoded = dequantize(result, self.quant)
+            except RingOverflowError as exc:  # refuse a wrapped sum rather than apply it
+                abort, result = str(exc), None
+        state = live.machine.state.value if abort is None else State.ABORTED.value
         with self._factory() as db, db.begin():
             row = db.get(Round, live.round_id)
             assert row is not None
-            row.state, row.closed_at, row.abort_reason = live.machine.state.value, now, abort
-            if result is not None:
+            row.state, row.closed_at, row.abort_reason = state, now, abort
+            conduct.set_culprits(db, live.round_id, live.machine.culprits)
+            if result is not None and decoded is not None:
                 row.result = result.tobytes()
-                total, weight = dequantize(result, self.quant)
+                total, weight = decoded
                 version = self._models.apply_fedavg(db, total, weight, live.round_id, now)
         self._last_close = now
         self.generation += 1
         payload: dict[str, str | int | float | bool | None] = {
             "round": live.round_id,
-            "state": live.machine.state.value,
+            "state": state,
             "survivors": len(live.machine.survivors),
             "model_version": version,
             "abort": abort,
         }
+        if live.machine.culprits:
+            payload["culprits"] = ",".join(str(c) for c in sorted(live.machine.culprits))
         if result is not None:
             payload["sum_sha256"] = hashlib.sha256(result.tobytes()).hexdigest()
         self._ledger.append(
@@ -300,14 +319,14 @@ class Coordinator(CoordinatorBase[LiveRound]):
             events = repos.round_events(db, row.id)
             saved = repos.load_sum(db, row.id)
             devices = {int(i): d for i, d in json.loads(row.devices).items()}
-            identities = {
-                i: dev.identity_pk
+            keys = {
+                i: (dev.identity_pk, dev.certificate)
                 for i, d in devices.items()
                 if (dev := repos.get_device(db, d)) is not None
             }
         cfg = msgspec.msgpack.decode(row.config, type=m.RoundConfig)
         weights = self._models.weights(row.model_version)
-        live = self._build_live(cfg, devices, identities, row.model_version, weights, now)
+        live = self._build_live(cfg, devices, keys, row.model_version, weights, now)
         self._replay(live, events)
         if saved is not None and live.machine.state in (
             State.R2_MASKED_INPUT,
@@ -323,7 +342,8 @@ class Coordinator(CoordinatorBase[LiveRound]):
             if ev.kind == "message" and ev.payload is not None:
                 live.machine.handle(m.decode_client(ev.payload))
             elif ev.kind == "masked" and ev.sender in live.machine.pending():
-                live.machine.resume_masked_input(ev.sender)  # (a logged duplicate is skipped)
+                missing = msgspec.msgpack.decode(ev.payload or b"\x90", type=tuple[int, ...])
+                live.machine.resume_masked_input(ev.sender, missing)  # (duplicates are skipped)
             elif ev.kind == "reject" and ev.sender is not None:
                 live.machine.drop(ev.sender)
             elif ev.kind == "advance":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
@@ -10,10 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto import Rng, SignatureScheme
 from qflare.ledger import Ledger
+from qflare.protocol.graph import complete_threshold, find_params
 from qflare.protocol.quantize import QuantConfig
 from qflare.protocol.wire import Task
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
+from qflare.store import conduct, repos
+from qflare.store.models import Device
+
+log = logging.getLogger("qflare.server")
 
 
 class LiveState(Protocol):
@@ -69,6 +75,47 @@ class CoordinatorBase(Generic[L]):
         """Record that a device polled (only recently seen devices are sampled)."""
         with self._lock:
             self._seen[device_id] = now
+
+    def graph_params(self, n: int) -> tuple[int, int]:
+        """``(k, t)`` for ``n`` clients: what the clients' default policy accepts.
+
+        ``secagg`` and CHRONOS use the complete graph with ``2t > n + corrupt``; ``secagg+``
+        the parameter finder's sparse graph. Explicit ``k``/``t`` settings win (clients whose
+        policy they break decline the round, and say why).
+        """
+        s = self.settings
+        if s.k is not None and s.t is not None:
+            return min(s.k, n), min(s.t, n)
+        if s.protocol != "secagg+":
+            return n, min(n, complete_threshold(n, s.corrupt_fraction))
+        try:
+            p = find_params(n, s.corrupt_fraction, s.dropout_estimate)
+        except ValueError:  # too few clients to tolerate the planned dropouts: all must stay
+            return n, n
+        return p.k, p.t
+
+    def sample(self, db: Session, now: float) -> list[Device]:
+        """Recently seen active devices, minus those recent rounds named as culprits."""
+        fresh = now - 2 * self.settings.long_poll_max_s - self.settings.step_timeout_s
+        banned = conduct.recent_culprits(db, self.settings.culprit_quarantine_rounds)
+        devices = [
+            d
+            for d in repos.active_devices(db)
+            if self._seen.get(d.id, -1.0) >= fresh and d.id not in banned
+        ]
+        return devices[: self.settings.max_clients]
+
+    def notice(self, device_id: str, kind: str, reason: str, detail: str) -> None:
+        """Record a node's notice for the operator; a leaving node is not sampled again soon."""
+        now = self._clock()
+        log.warning(
+            "device notice",
+            extra={"device": device_id, "kind": kind, "reason": reason, "detail": detail},
+        )
+        with self._factory() as db, db.begin():
+            conduct.record_notice(db, device_id, f"{kind}: {reason}: {detail}", now)
+        if kind == "leaving":
+            self._seen.pop(device_id, None)
 
     def task_for(self, device_id: str) -> Task | None:
         """The device's pending task, if any."""

@@ -25,6 +25,13 @@ class ServerSettings(BaseSettings):
         protocol: ``secagg+`` (sparse Harary graph, finder's k and t), ``secagg`` (complete
             graph), or ``chronos`` / ``chronos-dm`` (epochs: offline setup once, then rounds).
         chronos_rounds_per_epoch: Rounds of one CHRONOS epoch.
+        chronos_keystores: ``enclave`` (default): only keystores in an attested enclave join
+            CHRONOS epochs; ``software``: keystores in the node process are admitted too (no
+            protection against the device OS; for tests and trials).
+        attestation_roots: Root certificate files that platform attestation chains must end at.
+        attestation_allow_simulated: Accept evidence from the *simulated* TEE backend.
+        attestation_measurements: Extra accepted measurements (hex), beside the CHRONOS trusted
+            application's reference measurement.
         model: Model architecture of the federation, or ``vector:D`` for a raw vector.
         dataset: Dataset the model is shaped for (``mnist`` or ``digits``).
         min_clients: Devices needed to open a round.
@@ -32,6 +39,10 @@ class ServerSettings(BaseSettings):
         k: SecAgg+ shares per client (``None``: parameter finder).
         t: Shamir threshold (``None``: parameter finder).
         dropout_estimate: Dropout fraction the finder plans for.
+        corrupt_fraction: Fraction of a cohort assumed to collude with the server (the finder's
+            privacy bound; nodes check the same bound with their own policy).
+        seed_restarts: Restarts of a sparse graph's seed exchange before a round aborts.
+        culprit_quarantine_rounds: Rounds a device named as a culprit is left out of.
         step_timeout_s: Deadline per protocol step; silent devices become dropouts.
         round_interval_s: Pause between rounds.
         max_rounds: Stop opening rounds after this many (0: no limit).
@@ -61,13 +72,20 @@ class ServerSettings(BaseSettings):
     signature_scheme: str = "mldsa65"
     protocol: Literal["secagg+", "secagg", "chronos", "chronos-dm"] = "secagg+"
     chronos_rounds_per_epoch: int = Field(default=10, ge=1)
+    chronos_keystores: Literal["enclave", "software"] = "enclave"
+    attestation_roots: list[Path] = []
+    attestation_allow_simulated: bool = False
+    attestation_measurements: list[str] = []
     model: str | None = None
     dataset: str = "mnist"
     min_clients: int = Field(default=3, ge=1)
     max_clients: int = Field(default=100, ge=1)
     k: int | None = None
     t: int | None = None
-    dropout_estimate: float = 0.1
+    dropout_estimate: float = Field(default=0.1, ge=0, lt=1)
+    corrupt_fraction: float = Field(default=0.05, ge=0, lt=0.5)
+    seed_restarts: int = Field(default=2, ge=0, le=16)
+    culprit_quarantine_rounds: int = Field(default=5, ge=0)
     step_timeout_s: float = Field(default=30.0, gt=0)
     round_interval_s: float = Field(default=1.0, ge=0)
     max_rounds: int = Field(default=0, ge=0)

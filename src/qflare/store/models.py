@@ -41,6 +41,8 @@ class Device(Base):
     scheme: Mapped[str] = mapped_column(String(16))
     enrolled_at: Mapped[float]
     revoked_at: Mapped[float | None] = mapped_column(default=None)
+    last_notice: Mapped[str | None] = mapped_column(String(300), default=None)
+    last_notice_at: Mapped[float | None] = mapped_column(default=None)
 
 
 class Round(Base):
@@ -58,6 +60,7 @@ class Round(Base):
     closed_at: Mapped[float | None] = mapped_column(default=None)
     result: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     abort_reason: Mapped[str | None] = mapped_column(String(200), default=None)
+    culprits: Mapped[str | None] = mapped_column(String, default=None)  # JSON: index -> what
 
 
 class RoundEvent(Base):
