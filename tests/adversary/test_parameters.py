@@ -111,9 +111,7 @@ def test_a_stricter_client_policy_refuses_what_a_laxer_one_accepts():
 def test_refusal_happens_before_any_key_or_round_id_is_used():
     registry = RoundRegistry()
     with pytest.raises(LocalProtocolError):
-        SecAggClient(
-            config(4, 4, 2), 0, signers(4)[0], directory(4), DeterministicRng(1), registry
-        )
+        SecAggClient(config(4, 4, 2), 0, signers(4)[0], directory(4), DeterministicRng(1), registry)
     assert registry.used() == frozenset()
 
 
@@ -122,6 +120,9 @@ def test_malformed_configurations_are_refused():
     with pytest.raises(LocalProtocolError) as info:
         SecAggClient(bad, 0, signers(5)[0], directory(5), DeterministicRng(1), RoundRegistry())
     assert info.value.reason is AbortReason.PARAMS_REFUSED
-    assert SecAggClient(
-        config(5, 5, 3), 0, signers(5)[0], directory(5), DeterministicRng(1), RoundRegistry()
-    ).state is State.R0_ADVERTISE_KEYS
+    assert (
+        SecAggClient(
+            config(5, 5, 3), 0, signers(5)[0], directory(5), DeterministicRng(1), RoundRegistry()
+        ).state
+        is State.R0_ADVERTISE_KEYS
+    )

@@ -30,7 +30,12 @@ def _record() -> tuple[dict[int, m.ClientMessage], dict[int, m.ServerMessage]]:
         return msg
 
     res = Cohort(
-        OLD, seed=1, signers=signers(N), authority=authority(N), client_hook=client, server_hook=server
+        OLD,
+        seed=1,
+        signers=signers(N),
+        authority=authority(N),
+        client_hook=client,
+        server_hook=server,
     ).run(inputs(OLD.dim))
     assert exact(res, OLD)
     return up, down
@@ -42,9 +47,9 @@ def test_an_old_masked_input_replayed_to_the_server_is_refused():
     def replay(msg: m.ClientMessage) -> m.ClientMessage:
         return up[1] if isinstance(msg, m.MaskedInput) and msg.sender == 1 else msg
 
-    res = Cohort(
-        NEW, seed=2, signers=signers(N), authority=authority(N), client_hook=replay
-    ).run(inputs(NEW.dim))
+    res = Cohort(NEW, seed=2, signers=signers(N), authority=authority(N), client_hook=replay).run(
+        inputs(NEW.dim)
+    )
     assert res.server_errors[0].client == 1
     assert res.server_state is State.COMPLETED and 1 not in res.survivors and exact(res, NEW)
 
@@ -55,9 +60,9 @@ def test_an_old_share_relay_replayed_to_a_client_is_refused():
     def replay(u: int, msg: m.ServerMessage) -> m.ServerMessage:
         return down[3] if isinstance(msg, m.ShareRelay) and u == 3 else msg
 
-    res = Cohort(
-        NEW, seed=3, signers=signers(N), authority=authority(N), server_hook=replay
-    ).run(inputs(NEW.dim))
+    res = Cohort(NEW, seed=3, signers=signers(N), authority=authority(N), server_hook=replay).run(
+        inputs(NEW.dim)
+    )
     err = res.client_errors[3]
     assert err.reason is AbortReason.UNEXPECTED_MESSAGE and "round 1" in str(err)
     assert 3 not in res.survivors and exact(res, NEW)

@@ -45,8 +45,8 @@ from qflare.protocol.chronos import ChronosClient, ChronosServer, EpochConfig, M
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.secagg import RoundRegistry, SecAggClient, SecAggServer, State
 from qflare.sim.chronos_cohort import software_keystores
-from qflare.sim.identities import SimAuthority
 from qflare.sim.cohort import expected_sum
+from qflare.sim.identities import SimAuthority
 
 MODES = {"chronos": Mode.CHRONOS, "chronos_dm": Mode.CHRONOS_DM}
 

@@ -16,6 +16,7 @@ from qflare.bench.floors import add_seconds, keystream_seconds
 from qflare.crypto import RingVector, ring_dtype
 from qflare.protocol.graph import find_params
 from qflare.protocol.messages import RoundConfig
+from qflare.protocol.policy import ClientPolicy, check_round_params
 from qflare.protocol.secagg import State
 from qflare.sim.cohort import Cohort, CohortResult, expected_sum
 
@@ -34,12 +35,13 @@ class SecAggBenchConfig:
     scheme: str = "mldsa65"
     repeat: int = 1
     seed: int = 0
+    corrupt: float = 0.05
 
 
 def _resolve(cfg: SecAggBenchConfig) -> tuple[int, int]:
     if cfg.k is not None and cfg.t is not None:
         return cfg.k, cfg.t
-    params = find_params(cfg.clients, dropout_fraction=max(cfg.dropout, 0.01))
+    params = find_params(cfg.clients, cfg.corrupt, dropout_fraction=max(cfg.dropout, 0.01))
     return cfg.k or params.k, cfg.t or params.t
 
 
@@ -71,7 +73,8 @@ def _one_run(
         u: State[cfg.drop_stage]
         for u in range(0, cfg.clients, max(1, cfg.clients // max(n_drop, 1)))[:n_drop]
     }
-    cohort = Cohort(rc, seed=cfg.seed + run, dropouts=dropouts)
+    policy = ClientPolicy(corrupt_fraction=cfg.corrupt)
+    cohort = Cohort(rc, seed=cfg.seed + run, dropouts=dropouts, policy=policy)
     inputs = _inputs(rc.dim, cfg.modulus_bits)
     t0 = time.perf_counter()
     res = cohort.run(inputs, progress=progress)
@@ -86,6 +89,7 @@ def _per_round(res: CohortResult) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for state in (
         State.R0_ADVERTISE_KEYS,
+        State.R0_REVEAL_SEED,
         State.R1_SHARE_KEYS,
         State.R2_MASKED_INPUT,
         State.R3_CONSISTENCY,
@@ -107,6 +111,9 @@ def run_secagg_bench(
 ) -> dict[str, Any]:
     """Run the benchmark point ``repeat`` times; return medians, floors and ratios as a dict."""
     k, t = _resolve(cfg)
+    check_round_params(  # the clients would decline the round: say so before running it
+        cfg.clients, k, t, ClientPolicy(corrupt_fraction=cfg.corrupt), state="BENCH"
+    )
     ks = keystream_seconds(cfg.dim + 1, cfg.modulus_bits)
     add = add_seconds(cfg.dim + 1, cfg.modulus_bits)
     runs = [_one_run(cfg, k, t, r, progress) for r in range(cfg.repeat)]

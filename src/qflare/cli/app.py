@@ -16,6 +16,7 @@ from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.node_cmds import node_app
 from qflare.cli.server_cmds import register as register_server_commands
 from qflare.cli.settings import PROTOCOLS, Settings
+from qflare.protocol.errors import ProtocolError
 from qflare.protocol.graph import find_params
 
 app = typer.Typer(
@@ -226,6 +227,10 @@ def bench_secagg(
     modulus_bits: Annotated[int, typer.Option(help="Ring Z_2^b: 32 or 64.")] = 32,
     scheme: Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")] = "mldsa65",
     repeat: Annotated[int, typer.Option(help="Rounds to run (medians are reported).")] = 1,
+    corrupt: Annotated[
+        float,
+        typer.Option(help="Corrupt fraction of the clients' policy (and of the finder)."),
+    ] = 0.05,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
 ) -> None:
@@ -236,7 +241,9 @@ def bench_secagg(
     if stage is None:
         raise typer.BadParameter(f"--drop-stage must be one of {_STAGES} (or R0..R4)")
     drop_stage = stage
-    cfg = SecAggBenchConfig(clients, dim, dropout, drop_stage, k, t, modulus_bits, scheme, repeat)
+    cfg = SecAggBenchConfig(
+        clients, dim, dropout, drop_stage, k, t, modulus_bits, scheme, repeat, corrupt=corrupt
+    )
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"),
@@ -245,10 +252,13 @@ def bench_secagg(
         console=console,
         disable=as_json,
     ) as bar:
-        task = bar.add_task("secagg round", total=5 * repeat)
-        result = run_secagg_bench(
-            cfg, progress=lambda s: bar.update(task, advance=1, description=s)
-        )
+        task = bar.add_task("secagg round", total=6 * repeat)
+        try:
+            result = run_secagg_bench(
+                cfg, progress=lambda s: bar.update(task, advance=1, description=s)
+            )
+        except ProtocolError as exc:
+            raise typer.BadParameter(str(exc).split("] ", 1)[-1]) from None
     text = json.dumps(result, indent=2)
     if output is not None:
         output.write_text(text)

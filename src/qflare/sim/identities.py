@@ -77,7 +77,9 @@ class SimAuthority:
             except IdentityError:
                 continue
 
-    def endorsed(self, keys: Mapping[int, bytes], scheme: SignatureScheme) -> dict[int, EndorsedKey]:
+    def endorsed(
+        self, keys: Mapping[int, bytes], scheme: SignatureScheme
+    ) -> dict[int, EndorsedKey]:
         """CHRONOS directory entries certifying each keystore key directly (as a device key)."""
         return {
             u: EndorsedKey(certificate=self.certify_key(u, scheme, pk))

@@ -189,7 +189,6 @@ class EnclaveKeystore:
         self._keep(result.sealed)
         return result.message
 
-
     def share_keys(self, directory: m.KeyDirectory) -> m.EpochShares:
         """O1 inside the enclave."""
         result = self._call(ta.SHARE_KEYS, ta.ShareKeys(directory=directory))
