@@ -137,9 +137,8 @@ def test_culprits_are_named_in_the_servers_record():
 
     SecAggServer.__init__ = spy  # type: ignore[method-assign]
     try:
-        res = _cohort(7, client_hook=_tamper_r4(3, 1, lambda s: s[:-1] + b"\0")).run(
-            inputs(CFG.dim)
-        )
+        flip = _tamper_r4(3, 1, lambda s: s[:10] + bytes([s[10] ^ 1]) + s[11:])
+        res = _cohort(7, client_hook=flip).run(inputs(CFG.dim))
     finally:
         SecAggServer.__init__ = original  # type: ignore[method-assign]
     assert exact(res, CFG)

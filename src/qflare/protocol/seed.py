@@ -23,7 +23,8 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from functools import lru_cache
+from typing import Any, Final
 
 import msgspec
 
@@ -54,23 +55,48 @@ def _encode(*parts: bytes | str | int) -> bytes:
     return bytes(out)
 
 
+@lru_cache(maxsize=64)
+def _commit_prefix(scope: str) -> Any:
+    return hashlib.sha256(_COMMIT_DOMAIN + _encode(scope))
+
+
 def commitment(scope: str, client: int, attempt: int, reveal: bytes) -> bytes:
-    """SHA-256 commitment of ``client`` to ``reveal`` for ``attempt`` of the exchange ``scope``."""
-    return hashlib.sha256(_COMMIT_DOMAIN + _encode(scope, client, attempt, reveal)).digest()
+    """SHA-256 commitment of ``client`` to ``reveal`` for ``attempt`` of the exchange ``scope``.
+
+    Every client hashes every participant's reveal, so this is kept to one ``copy`` of a cached
+    hash state and one ``update`` of fixed-width fields.
+    """
+    h = _commit_prefix(scope).copy()
+    h.update(
+        client.to_bytes(8, "big", signed=True)
+        + attempt.to_bytes(8, "big", signed=True)
+        + len(reveal).to_bytes(4, "big")
+        + reveal
+    )
+    digest: bytes = h.digest()
+    return digest
 
 
 def derive_seed(scope: str, attempt: int, reveals: Mapping[int, bytes]) -> bytes:
     """The graph seed: a hash over every participant's reveal, in client order."""
     h = hashlib.sha256(_SEED_DOMAIN + _encode(scope, attempt, len(reveals)))
-    for client in sorted(reveals):
-        h.update(_encode(client, reveals[client]))
+    h.update(
+        b"".join(
+            c.to_bytes(8, "big", signed=True) + len(v).to_bytes(4, "big") + v
+            for c, v in sorted(reveals.items())
+        )
+    )
     return h.digest()[:GRAPH_SEED_BYTES]
 
 
 def _digest(commitments: Mapping[int, bytes]) -> bytes:
     h = hashlib.sha256(_COMMIT_DOMAIN + b"/list")
-    for client in sorted(commitments):
-        h.update(_encode(client, commitments[client]))
+    h.update(
+        b"".join(
+            c.to_bytes(8, "big", signed=True) + len(v).to_bytes(4, "big") + v
+            for c, v in sorted(commitments.items())
+        )
+    )
     return h.digest()
 
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Final
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any, Final
 
-from qflare.crypto import SecretBytes
+from qflare.crypto import SecretBytes, Shamir, ShamirError
 from qflare.crypto.shamir import PRIME, SHARE_BYTES
 
 __all__ = [
     "COMMITMENT_BYTES",
     "RELEASED_SHARE_BYTES",
     "SALT_BYTES",
+    "ReconstructionError",
+    "SharedSecret",
+    "rebuild_secret",
     "is_share",
     "opened_share",
     "secret_commitment",
@@ -35,20 +40,28 @@ _SECRET_DOMAIN: Final = b"qflare/shares/v1/secret"
 
 
 def _frame(*parts: bytes | str | int) -> bytes:
-    out = bytearray()
-    for part in parts:
-        raw = part.encode() if isinstance(part, str) else part
-        raw = raw.to_bytes(8, "big", signed=True) if isinstance(raw, int) else raw
-        out += len(raw).to_bytes(4, "big") + raw
-    return bytes(out)
+    return b"".join(_field(p) for p in parts)
+
+
+def _field(part: bytes | str | int) -> bytes:
+    raw = part.encode() if isinstance(part, str) else part
+    raw = raw.to_bytes(8, "big", signed=True) if isinstance(raw, int) else raw
+    return len(raw).to_bytes(4, "big") + raw
+
+
+@lru_cache(maxsize=256)
+def _prefix(scope: str, kind: str) -> Any:
+    return hashlib.sha256(_SHARE_DOMAIN + _frame(scope, kind))
 
 
 def share_commitment(
     scope: str, owner: int, holder: int, kind: str, share: bytes, salt: bytes
 ) -> bytes:
     """Hiding (salted), binding commitment to ``owner``'s share of ``kind`` held by ``holder``."""
-    data = _frame(scope, owner, holder, kind, share, salt)
-    return hashlib.sha256(_SHARE_DOMAIN + data).digest()
+    h = _prefix(scope, kind).copy()
+    h.update(_frame(owner, holder, share, salt))
+    digest: bytes = h.digest()
+    return digest
 
 
 def secret_commitment(scope: str, owner: int, kind: str, secret: SecretBytes) -> bytes:
@@ -70,3 +83,96 @@ def opened_share(
     share, salt = released[:SHARE_BYTES], released[SHARE_BYTES:]
     mine = share_commitment(scope, owner, holder, kind, share, salt)
     return share if is_share(share) and hmac.compare_digest(mine, commitment) else None
+
+
+class ReconstructionError(ShamirError):
+    """A secret of ``owner`` could not be rebuilt from good shares.
+
+    Args:
+        owner: The client whose secret failed.
+        why: What went wrong.
+    """
+
+    def __init__(self, owner: int, why: str) -> None:
+        super().__init__(f"client {owner}: {why}")
+        self.owner = owner
+
+
+class SharedSecret:
+    """One secret to rebuild: whose, which kind, its released shares and how to check it.
+
+    Args:
+        scope: The commitment scope (protocol, session, round or epoch).
+        owner: The client who dealt the shares.
+        kind: The share kind its commitments were made for.
+        released: Holder -> released ``share || salt``.
+        x_of: Holder -> its Shamir evaluation point.
+        commitment_of: Holder -> the owner's commitment to that holder's share.
+        check: Whether a rebuilt secret is the one the owner committed to.
+    """
+
+    def __init__(
+        self,
+        scope: str,
+        owner: int,
+        kind: str,
+        released: Mapping[int, bytes],
+        x_of: Callable[[int], int],
+        commitment_of: Callable[[int], bytes],
+        check: Callable[[SecretBytes], bool],
+    ) -> None:
+        self.scope, self.owner, self.kind = scope, owner, kind
+        self.released = {h: r for h, r in released.items() if len(r) == RELEASED_SHARE_BYTES}
+        self.x_of, self.commitment_of, self.check = x_of, commitment_of, check
+
+    def points(self, holders: Mapping[int, bytes]) -> dict[int, bytes]:
+        """Shamir points of the given released shares."""
+        return {self.x_of(h): r[:SHARE_BYTES] for h, r in holders.items()}
+
+    def committed(self) -> tuple[dict[int, bytes], set[int]]:
+        """The released shares that open their commitments, and the holders of the others."""
+        good, bad = {}, set()
+        for holder, released in self.released.items():
+            share = opened_share(
+                self.scope, self.owner, holder, self.kind, released, self.commitment_of(holder)
+            )
+            if share is None:
+                bad.add(holder)
+            else:
+                good[holder] = released
+        return good, bad
+
+
+def rebuild_secret(
+    secret: SharedSecret, threshold: int, culprits: dict[int, str], where: str
+) -> SecretBytes:
+    """Rebuild a secret from any ``threshold`` shares; on a failed check, from committed ones.
+
+    On a mismatch the released shares are checked against their commitments, every holder
+    whose share does not open its commitment is named, and the good shares are used. The
+    optimistic path costs one combination and one check per secret: shares are checked one by
+    one only when it fails.
+
+    Raises:
+        ReconstructionError: fewer than ``threshold`` good shares, or a secret its owner did not
+            commit to (the owner dealt inconsistent shares).
+    """
+    shamir = Shamir(threshold)
+    try:
+        first = shamir.combine(secret.points(secret.released))
+        if secret.check(first):
+            return first
+    except ShamirError:
+        pass
+    good, bad = secret.committed()
+    for holder in bad:
+        culprits.setdefault(holder, f"{where}: a share of client {secret.owner} is wrong")
+    try:
+        rebuilt = shamir.combine(secret.points(good))
+    except ShamirError as exc:
+        raise ReconstructionError(secret.owner, f"{len(good)} good shares: {exc}") from None
+    if not secret.check(rebuilt):
+        raise ReconstructionError(
+            secret.owner, f"dealt shares that do not match its {secret.kind} commitment"
+        )
+    return rebuilt

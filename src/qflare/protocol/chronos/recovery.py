@@ -3,35 +3,34 @@
 Survivors' pairwise masks cancel in the sum. What remains are (``chronos-dm``) the survivors'
 self masks and the pairwise masks between survivors and non-survivors; the server regenerates
 exactly those, never an ``n x d`` array. Every released share is checked against the commitment
-its owner published in O1 (:func:`check_released`), and every rebuilt secret against its owner's
-commitment or public key, so a bad share is dropped and named instead of changing the sum.
+its owner published in O1 when a rebuilt secret fails its check (against the owner's commitment
+or public key), so a bad share is dropped and named instead of changing the sum.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-import msgspec
-
-from qflare.crypto import MaskPrg, RingVector, SecretBytes, Shamir, ShamirError, X25519KeyPair
+from qflare.crypto import MaskPrg, RingVector, SecretBytes, X25519KeyPair
 from qflare.crypto.shamir import SHARE_BYTES
 from qflare.protocol.chronos import keys
 from qflare.protocol.chronos import messages as m
-from qflare.protocol.shares import COMMITMENT_BYTES, opened_share
+from qflare.protocol.shares import (
+    COMMITMENT_BYTES,
+    ReconstructionError,
+    SharedSecret,
+    rebuild_secret,
+)
 
-
-class ReconstructionError(ShamirError):
-    """A secret of ``owner`` could not be rebuilt from good shares.
-
-    Args:
-        owner: The client whose secret failed.
-        why: What went wrong.
-    """
-
-    def __init__(self, owner: int, why: str) -> None:
-        super().__init__(f"client {owner}: {why}")
-        self.owner = owner
+__all__ = [
+    "ReconstructionError",
+    "collect_shares",
+    "reconstruct_key",
+    "remove_pair_masks",
+    "remove_self_masks",
+    "self_mask_secrets",
+]
 
 
 def _commitment(
@@ -46,31 +45,29 @@ def _commitment(
     return both[index * COMMITMENT_BYTES : (index + 1) * COMMITMENT_BYTES]
 
 
-def check_released(
+def _secret(
     cfg: m.EpochConfig,
-    msg: m.UnmaskShares,
+    responses: Mapping[int, m.UnmaskShares],
     commitments: Mapping[int, Mapping[int, bytes]],
-) -> tuple[m.UnmaskShares, set[int]]:
-    """Split a holder's released shares into those matching their commitments and the rest."""
-    ri, ki = msg.round_id - cfg.first_round, cfg.key_index(msg.round_id)
-    scope, holder, bad = keys.scope(cfg), msg.sender, set()
-
-    def good(table: Mapping[int, bytes], kind: str) -> dict[int, bytes]:
-        out = {}
-        for owner, released in table.items():
-            commit = _commitment(cfg, commitments, owner, holder, kind)
-            if opened_share(scope, owner, holder, kind, released, commit) is None:
-                bad.add(owner)
-            else:
-                out[owner] = released
-        return out
-
-    kept = msgspec.structs.replace(
-        msg,
-        self_mask_shares=good(msg.self_mask_shares, f"self{ri}"),
-        key_shares=good(msg.key_shares, f"key{ki}"),
+    owner: int,
+    kind: str,
+    check: Callable[[SecretBytes], bool],
+) -> SharedSecret:
+    self_mask = kind.startswith("self")
+    released = {
+        h: share
+        for h, resp in responses.items()
+        if (share := (resp.self_mask_shares if self_mask else resp.key_shares).get(owner))
+    }
+    return SharedSecret(
+        keys.scope(cfg),
+        owner,
+        kind,
+        released,
+        keys.holder_x,
+        lambda holder: _commitment(cfg, commitments, owner, holder, kind),
+        check,
     )
-    return kept, bad
 
 
 def collect_shares(
@@ -86,29 +83,27 @@ def collect_shares(
     return shares
 
 
-def _combine(cfg: m.EpochConfig, shares: dict[int, bytes], owner: int) -> SecretBytes:
-    try:
-        return Shamir(cfg.t).combine(shares)
-    except ShamirError as exc:
-        raise ReconstructionError(owner, str(exc)) from None
-
-
 def reconstruct_key(
     cfg: m.EpochConfig,
     responses: Mapping[int, m.UnmaskShares],
     advert: m.EpochKeys,
     round_id: int,
+    commitments: Mapping[int, Mapping[int, bytes]] | None = None,
+    culprits: dict[int, str] | None = None,
 ) -> SecretBytes:
     """Rebuild the mask private key that masked ``round_id`` for ``advert.sender``.
 
     Raises:
-        ReconstructionError: too few shares, or the result does not match the signed public key.
+        ReconstructionError: too few good shares, or a key that does not match the signed one.
     """
-    owner = advert.sender
-    sk = _combine(cfg, collect_shares(responses, owner, self_mask=False), owner)
-    if X25519KeyPair(sk).public != advert.mask_pks[cfg.key_index(round_id)]:
-        raise ReconstructionError(owner, "reconstructed key does not match its advertised key")
-    return sk
+    want = advert.mask_pks[cfg.key_index(round_id)]
+
+    def check(sk: SecretBytes) -> bool:
+        return X25519KeyPair(sk).public == want
+
+    kind = f"key{cfg.key_index(round_id)}"
+    secret = _secret(cfg, responses, commitments or {}, advert.sender, kind, check)
+    return rebuild_secret(secret, cfg.t, {} if culprits is None else culprits, f"round {round_id}")
 
 
 def self_mask_secrets(
@@ -117,6 +112,8 @@ def self_mask_secrets(
     survivors: Iterable[int],
     responses: Mapping[int, m.UnmaskShares],
     commits: Mapping[int, tuple[bytes, ...]],
+    commitments: Mapping[int, Mapping[int, bytes]],
+    culprits: dict[int, str],
 ) -> dict[int, SecretBytes]:
     """Each survivor's self-mask secret of ``round_id``, checked against its commitment.
 
@@ -126,12 +123,15 @@ def self_mask_secrets(
     index = round_id - cfg.first_round
     out: dict[int, SecretBytes] = {}
     for u in sorted(survivors):
-        secret = _combine(cfg, collect_shares(responses, u, self_mask=True), u)
         expected = commits.get(u, ())
-        mine = keys.self_mask_commitment(cfg, u, index, secret)
-        if index >= len(expected) or not hmac.compare_digest(mine, expected[index]):
-            raise ReconstructionError(u, "self-mask secret does not match its commitment")
-        out[u] = secret
+        want = expected[index] if index < len(expected) else b""
+
+        def check(secret: SecretBytes, u: int = u, want: bytes = want) -> bool:
+            mine = keys.self_mask_commitment(cfg, u, index, secret)
+            return bool(want) and hmac.compare_digest(mine, want)
+
+        secret = _secret(cfg, responses, commitments, u, f"self{index}", check)
+        out[u] = rebuild_secret(secret, cfg.t, culprits, f"round {round_id}")
     return out
 
 

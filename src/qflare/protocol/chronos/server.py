@@ -361,12 +361,7 @@ class ChronosServer:
             self._reject(
                 msg.sender, "unmask shares do not match the request", AbortReason.MALFORMED_MESSAGE
             )
-        good, bad = recovery.check_released(self.cfg, msg, self._commitments)
-        if bad:
-            self.culprits.setdefault(
-                msg.sender, f"round {rnd.round_id}: bad shares of {sorted(bad)}"
-            )
-        rnd.responses[msg.sender] = good
+        rnd.responses[msg.sender] = msg  # shares are checked when a rebuilt secret fails
 
     def _to_list(self, survivors: frozenset[int]) -> tuple[int, ...]:
         """Non-survivors whose keys this round needs: those with a surviving partner."""
@@ -404,13 +399,26 @@ class ChronosServer:
         try:
             secrets = (
                 recovery.self_mask_secrets(
-                    cfg, rnd.round_id, rnd.survivors, rnd.responses, self._self_commits
+                    cfg,
+                    rnd.round_id,
+                    rnd.survivors,
+                    rnd.responses,
+                    self._self_commits,
+                    self._commitments,
+                    self.culprits,
                 )
                 if cfg.double_masking
                 else {}
             )
             found = {
-                d: recovery.reconstruct_key(cfg, rnd.responses, self._adverts[d], rnd.round_id)
+                d: recovery.reconstruct_key(
+                    cfg,
+                    rnd.responses,
+                    self._adverts[d],
+                    rnd.round_id,
+                    self._commitments,
+                    self.culprits,
+                )
                 for d in rnd.listed
             }
         except recovery.ReconstructionError as exc:

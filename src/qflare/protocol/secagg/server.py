@@ -31,12 +31,7 @@ from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtoc
 from qflare.protocol.graph import neighbourhoods
 from qflare.protocol.secagg import keys
 from qflare.protocol.secagg.states import State
-from qflare.protocol.secagg.unmask import (
-    ReconstructionError,
-    UnmaskInputs,
-    check_released,
-    remove_masks,
-)
+from qflare.protocol.secagg.unmask import ReconstructionError, UnmaskInputs, remove_masks
 from qflare.protocol.seed import SeedCollector
 
 _Handler = Callable[["SecAggServer", Any], None]
@@ -317,10 +312,7 @@ class SecAggServer:
             self._reject(
                 msg.sender, "unmask shares do not match the request", AbortReason.MALFORMED_MESSAGE
             )
-        good, bad = check_released(self.cfg, msg, self._commitments)
-        if bad:
-            self.culprits.setdefault(msg.sender, f"R4: bad shares of clients {sorted(bad)}")
-        self._released[msg.sender] = good
+        self._released[msg.sender] = msg  # shares are checked when a rebuilt secret fails
 
     # ---- per-round advance steps --------------------------------------------------------------
 
@@ -424,9 +416,10 @@ class SecAggServer:
             adverts=self._adverts,
             partners=self._partners,
             self_commits=self._self_commits,
+            commitments=self._commitments,
         )
         try:
-            remove_masks(self._acc, inputs)
+            self.culprits.update(remove_masks(self._acc, inputs))
         except ReconstructionError as exc:
             self.culprits.setdefault(exc.owner, f"R4: {exc}")
             self._fail(

@@ -1,10 +1,11 @@
-"""Final unmasking: check released shares, reconstruct secrets, strip the masks from the sum.
+"""Final unmasking: reconstruct secrets, check them, strip the masks from the sum.
 
-Every share a holder releases in R4 is checked against the commitment its owner signed in R1
-(:func:`check_released`), so a wrong or malformed share is dropped and its sender named, and any
-``t`` of the remaining shares reconstruct the secret. The result is checked too: a self-mask
-secret against its owner's commitment, a mask key against the owner's advertised public key. A
-mismatch there means the owner dealt inconsistent shares; the round then fails naming the owner.
+Every rebuilt secret is checked: a self-mask secret against its owner's R1 commitment, a mask
+key against the owner's advertised public key. When the check fails, the released shares are
+checked one by one against the commitments the owner signed in R1, so a wrong or malformed share
+is dropped and its sender named, and the secret is rebuilt from the good ones; if even those give
+a secret the owner did not commit to, the owner dealt inconsistent shares and the round fails
+naming it. A COMPLETED round never carries a wrong sum.
 """
 
 from __future__ import annotations
@@ -13,33 +14,12 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import msgspec
-
-from qflare.crypto import (
-    MaskPrg,
-    RingVector,
-    SecretBytes,
-    Shamir,
-    ShamirError,
-    X25519KeyPair,
-)
-from qflare.crypto.shamir import SHARE_BYTES
+from qflare.crypto import MaskPrg, RingVector, SecretBytes, X25519KeyPair
 from qflare.protocol import messages as m
 from qflare.protocol.secagg import keys
-from qflare.protocol.shares import opened_share
+from qflare.protocol.shares import ReconstructionError, SharedSecret, rebuild_secret
 
-
-class ReconstructionError(ShamirError):
-    """A secret of ``owner`` could not be rebuilt from good shares.
-
-    Args:
-        owner: The client whose secret failed.
-        why: What went wrong.
-    """
-
-    def __init__(self, owner: int, why: str) -> None:
-        super().__init__(f"client {owner}: {why}")
-        self.owner = owner
+__all__ = ["ReconstructionError", "UnmaskInputs", "remove_masks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,94 +33,56 @@ class UnmaskInputs:
     adverts: Mapping[int, m.AdvertiseKeys]
     partners: Mapping[int, frozenset[int]]
     self_commits: Mapping[int, bytes]
+    commitments: Mapping[int, Mapping[int, bytes]]
 
 
-def _share_ok(
-    cfg: m.RoundConfig,
-    owner: int,
-    holder: int,
-    kind: str,
-    released: bytes,
-    commitments: Mapping[int, Mapping[int, bytes]],
-) -> bool:
-    both = commitments.get(owner, {}).get(holder, b"")
-    half = both[: keys.COMMITMENT_BYTES] if kind == "b" else both[keys.COMMITMENT_BYTES :]
-    return opened_share(keys.seed_scope(cfg), owner, holder, kind, released, half) is not None
+def _secret(inputs: UnmaskInputs, owner: int, kind: str) -> SharedSecret:
+    self_mask = kind == "b"
+    released: dict[int, bytes] = {}
+    for holder, resp in inputs.responses.items():
+        share = (resp.self_mask_shares if self_mask else resp.key_shares).get(owner)
+        if share is not None:
+            released[holder] = share
+    both = inputs.commitments.get(owner, {})
+
+    def commitment_of(holder: int) -> bytes:
+        c = both.get(holder, b"")
+        return c[: keys.COMMITMENT_BYTES] if self_mask else c[keys.COMMITMENT_BYTES :]
+
+    cfg = inputs.cfg
+    want = inputs.self_commits.get(owner, b"")
+
+    def check(secret: SecretBytes) -> bool:
+        if self_mask:
+            return hmac.compare_digest(keys.self_mask_commitment(cfg, owner, secret), want)
+        return X25519KeyPair(secret).public == inputs.adverts[owner].mask_pk
+
+    return SharedSecret(
+        keys.seed_scope(cfg), owner, kind, released, keys.holder_x, commitment_of, check
+    )
 
 
-def check_released(
-    cfg: m.RoundConfig,
-    msg: m.UnmaskShares,
-    commitments: Mapping[int, Mapping[int, bytes]],
-) -> tuple[m.UnmaskShares, set[int]]:
-    """Split a holder's R4 shares into those matching their owners' commitments and the rest.
+def remove_masks(acc: RingVector, inputs: UnmaskInputs) -> dict[int, str]:
+    """Subtract survivors' self masks and dropped clients' pairwise masks from ``acc`` in place.
+
+    Every needed secret is rebuilt and checked before the sum is touched.
 
     Returns:
-        The message with only good shares, and the owners whose share was bad.
-    """
-    holder, bad = msg.sender, set()
-    good_b = {}
-    for owner, share in msg.self_mask_shares.items():
-        if _share_ok(cfg, owner, holder, "b", share, commitments):
-            good_b[owner] = share
-        else:
-            bad.add(owner)
-    good_sk = {}
-    for owner, share in msg.key_shares.items():
-        if _share_ok(cfg, owner, holder, "sk", share, commitments):
-            good_sk[owner] = share
-        else:
-            bad.add(owner)
-    return msgspec.structs.replace(msg, self_mask_shares=good_b, key_shares=good_sk), bad
-
-
-def _collect(inputs: UnmaskInputs, owner: int, *, self_mask: bool) -> dict[int, bytes]:
-    shares: dict[int, bytes] = {}
-    for holder, resp in inputs.responses.items():
-        table = resp.self_mask_shares if self_mask else resp.key_shares
-        share = table.get(owner)
-        if share is not None:
-            shares[keys.holder_x(holder)] = share[:SHARE_BYTES]
-    return shares
-
-
-def _combine(shamir: Shamir, shares: dict[int, bytes], owner: int) -> SecretBytes:
-    try:
-        return shamir.combine(shares)
-    except ShamirError as exc:
-        raise ReconstructionError(owner, str(exc)) from None
-
-
-def _self_mask_secret(inputs: UnmaskInputs, shamir: Shamir, owner: int) -> SecretBytes:
-    b = _combine(shamir, _collect(inputs, owner, self_mask=True), owner)
-    expected = inputs.self_commits.get(owner, b"")
-    if not hmac.compare_digest(keys.self_mask_commitment(inputs.cfg, owner, b), expected):
-        raise ReconstructionError(owner, "self-mask secret does not match its commitment")
-    return b
-
-
-def _mask_key(inputs: UnmaskInputs, shamir: Shamir, owner: int) -> SecretBytes:
-    sk = _combine(shamir, _collect(inputs, owner, self_mask=False), owner)
-    if X25519KeyPair(sk).public != inputs.adverts[owner].mask_pk:
-        raise ReconstructionError(owner, "reconstructed key does not match its advertised key")
-    return sk
-
-
-def remove_masks(acc: RingVector, inputs: UnmaskInputs) -> None:
-    """Subtract survivors' self masks and dropped clients' pairwise masks from ``acc`` in place.
+        Holders that released shares not matching their owners' commitments (culprits).
 
     Raises:
         ReconstructionError: a secret has fewer than ``t`` good shares or reconstructs to a value
             its owner did not commit to (naming the owner).
     """
-    cfg = inputs.cfg
-    shamir = Shamir(cfg.t)
-    prg = MaskPrg(cfg.dim, cfg.modulus_bits)
+    cfg, culprits, t = inputs.cfg, dict[int, str](), inputs.cfg.t
     alive = set(inputs.survivors)
-    secrets = [(u, _self_mask_secret(inputs, shamir, u)) for u in inputs.survivors]
+    secrets = [
+        (u, rebuild_secret(_secret(inputs, u, "b"), t, culprits, "R4")) for u in inputs.survivors
+    ]
     needed = [d for d in inputs.dropped if any(d in inputs.partners.get(v, ()) for v in alive)]
-    keys_of = [(d, _mask_key(inputs, shamir, d)) for d in needed]
-    for _, b in secrets:  # every secret is rebuilt and checked before the sum is touched
+    keys_of = [(d, rebuild_secret(_secret(inputs, d, "sk"), t, culprits, "R4")) for d in needed]
+    prg = MaskPrg(cfg.dim, cfg.modulus_bits)
+    for _, b in secrets:
         prg.sub_into(acc, keys.self_mask_seed(cfg, b))
     for d, sk in keys_of:
         for v in sorted(alive):
@@ -148,3 +90,4 @@ def remove_masks(acc: RingVector, inputs: UnmaskInputs) -> None:
                 continue
             seed = keys.pair_seed(cfg, sk, inputs.adverts[v].mask_pk, v, d)
             prg.apply(acc, seed, -keys.pair_sign(v, d))
+    return culprits
