@@ -48,6 +48,7 @@ from qflare.store import repos
 
 router = APIRouter(prefix="/v1", tags=["enrollment"])
 RETRY_AFTER_S = 5
+DEVICE_ID_MAX = 32  # the devices table's id column
 
 
 def _authority(ctx: ServerContext) -> tuple[AuthorityClient, AuthorityKey]:
@@ -97,6 +98,7 @@ def _check_issued(
         and hmac.compare_digest(body.identity_pk, req.identity_pk)
         and hmac.compare_digest(body.kem_pk, req.kem_pk)
         and body.device_id == issued.device_id
+        and 0 < len(issued.device_id) <= DEVICE_ID_MAX
         and body.client_index == issued.client_index
         and hmac.compare_digest(issued.authority, encode_authority_key(key))
     )
