@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +17,7 @@ import uvicorn
 from qflare.server.app import create_app
 from qflare.server.settings import ServerSettings
 from qflare.server.tls import TlsFiles, init_tls_dir
-from qflare.store import repos
-from qflare.store.db import make_engine, session_factory
+from tests.authority.helpers import TestAuthority, make_authority
 
 
 @dataclass
@@ -29,21 +26,12 @@ class LiveServer:
     settings: ServerSettings
     thread: threading.Thread
     server: uvicorn.Server
+    authority: TestAuthority
     ca: Path | None = None
 
     def new_token(self, ttl_s: float = 600.0) -> str:
-        token = repos.new_token_text(os.urandom(32))
-        factory = session_factory(make_engine(self.settings.database_url))
-        with factory() as db, db.begin():
-            repos.create_token(
-                db,
-                token_id=uuid.uuid4().hex,
-                token=token,
-                label="test",
-                now=time.time(),
-                ttl_s=ttl_s,
-            )
-        return token
+        """A token from the federation's enrollment authority (in-process, its own directory)."""
+        return self.authority.token(ttl=ttl_s, label="test")
 
     def get(self, path: str) -> httpx.Response:
         verify = ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
@@ -58,12 +46,19 @@ def _socket(port: int = 0) -> socket.socket:
 
 
 def start_server(
-    tmp: Path, port: int = 0, tls: TlsFiles | None = None, **overrides: object
+    tmp: Path,
+    port: int = 0,
+    tls: TlsFiles | None = None,
+    authority: TestAuthority | None = None,
+    **overrides: object,
 ) -> LiveServer:
     """Start the server app on loopback (a free port by default); wait until it answers.
 
-    Plain HTTP (``insecure``) unless ``tls`` names a certificate, key and CA.
+    Plain HTTP (``insecure``) unless ``tls`` names a certificate, key and CA. Enrollments go to
+    ``authority`` (a restarted server passes the same one), by default a new one in ``tmp``.
     """
+    if authority is None:
+        authority = make_authority(tmp / "authority")
     values: dict[str, object] = {
         "database_url": f"sqlite:///{tmp}/db.sqlite",
         "state_dir": tmp / "server",
@@ -76,6 +71,7 @@ def start_server(
         "max_rounds": 1,
         "signature_scheme": "ed25519",
         "long_poll_max_s": 2.0,
+        "authority_key": authority.pub,
     }
     if tls is not None:
         values |= {"insecure": False, "tls_cert": tls.cert, "tls_key": tls.key}
@@ -84,13 +80,14 @@ def start_server(
     sock = _socket(port)
     port = sock.getsockname()[1]
     ssl_files = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", **ssl_files)
+    app = create_app(settings, authority=authority.service)
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", **ssl_files)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     scheme = "https" if tls else "http"
     live = LiveServer(
-        f"{scheme}://127.0.0.1:{port}", settings, thread, server, tls.ca if tls else None
+        f"{scheme}://127.0.0.1:{port}", settings, thread, server, authority, tls.ca if tls else None
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and thread.is_alive():
@@ -106,6 +103,7 @@ def start_server(
 def stop_server(live: LiveServer) -> None:
     live.server.should_exit = True
     live.thread.join(timeout=10)
+    live.authority.close()
 
 
 @pytest.fixture

@@ -30,12 +30,14 @@ from qflare.node import (
     UnauthorizedError,
     enroll,
 )
+from qflare.node.enroll import InvalidTokenError
 from qflare.node.launch import RunOptions, run_node
 from qflare.protocol.quantize import QuantConfig, dequantize
 from qflare.protocol.wire import SignedResult, Task
 from qflare.store import repos
 from qflare.store.db import make_engine, session_factory
 from qflare.store.models import ModelVersion, Round
+from tests.authority.helpers import make_authority
 
 from .conftest import LiveServer, start_server, stop_server
 
@@ -351,15 +353,14 @@ def test_registry_is_persisted_and_a_second_enrollment_is_refused(
         with pytest.raises(ConflictError) as used:
             enroll(tmp_path / "third", api, token, scheme=SignatureScheme.ED25519, rng=SystemRng())
         assert used.value.code == "token_used"
-        with pytest.raises(UnauthorizedError) as unknown:
+        with pytest.raises(InvalidTokenError):
+            enroll(tmp_path / "4", api, "qft_nope", scheme=SignatureScheme.ED25519, rng=SystemRng())
+        with pytest.raises(UnauthorizedError) as forged:
+            rogue = make_authority(tmp_path / "rogue")
             enroll(
-                tmp_path / "fourth",
-                api,
-                "qft_nope",
-                scheme=SignatureScheme.ED25519,
-                rng=SystemRng(),
+                tmp_path / "5", api, rogue.token(), scheme=SignatureScheme.ED25519, rng=SystemRng()
             )
-        assert unknown.value.code == "token_unknown"
+        assert forged.value.code == "wrong_authority"
     assert state.require_device().server_url == live_server.url
 
 

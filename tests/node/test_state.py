@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -15,8 +16,10 @@ from qflare.node import (
     PersistentRoundRegistry,
     StateError,
 )
+from qflare.node.launch import RunOptions, run_node
 from qflare.node.state import IDENTITY_FILE, KEM_FILE, ROUNDS_FILE
 from qflare.protocol.errors import LocalProtocolError
+from qflare.protocol.identity import AuthorityKey, encode_authority_key
 
 
 def _mode(path) -> int:
@@ -88,14 +91,40 @@ def test_open_without_a_node_and_without_enrollment(tmp_path):
 
 def test_device_record_round_trips_and_holds_no_secret(tmp_path):
     state = NodeState.create(tmp_path / "n", SignatureScheme.ED25519, DeterministicRng(1))
-    record = DeviceRecord("dev", "https://fl.example:8443", b"\xaa" * 1952, "mldsa65")
+    authority = AuthorityKey(public_key=b"\xbb" * 1952)
+    record = DeviceRecord(
+        "dev",
+        "https://fl.example:8443",
+        b"\xaa" * 1952,
+        "mldsa65",
+        authority=encode_authority_key(authority),
+        certificate=b"\xcc" * 40,
+    )
     state.save_device(record)
     assert NodeState.open(state.root).device == record
+    assert state.authority() == authority and state.certificate() == b"\xcc" * 40
     text = (state.root / "device.json").read_text()
     assert (state.root / IDENTITY_FILE).read_bytes().hex() not in text
     (state.root / "device.json").write_text("{}")
     with pytest.raises(StateError, match="malformed"):
         _ = state.device
+
+
+def test_a_node_enrolled_before_authorities_is_told_to_re_enroll(tmp_path):
+    state = NodeState.create(tmp_path / "n", SignatureScheme.ED25519, DeterministicRng(1))
+    legacy = {
+        "device_id": "dev",
+        "server_url": "http://127.0.0.1:9",
+        "server_public_key": "aa" * 1952,
+        "server_scheme": "mldsa65",
+    }
+    (state.root / "device.json").write_text(json.dumps(legacy))
+    assert state.require_device().device_id == "dev"
+    for accessor in (state.authority, state.certificate):
+        with pytest.raises(StateError, match="Enroll it again"):
+            accessor()
+    with pytest.raises(StateError, match="Enroll it again"):
+        run_node(RunOptions(state_dir=state.root, insecure=True, trainer_spec="constant:1"))
 
 
 def test_registry_claims_persist_and_reuse_is_refused(tmp_path):

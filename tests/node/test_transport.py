@@ -26,6 +26,10 @@ from qflare.protocol.wire import EnrollRequest, EnrollResponse, SealedFrame
 PROBLEM = {"Content-Type": "application/problem+json"}
 
 
+def _request(claims: bytes = b"t") -> EnrollRequest:
+    return EnrollRequest(claims=claims, signature=b"s", proof=b"p", identity_pk=b"i", kem_pk=b"k")
+
+
 def _problem(status: int, code: str | None, detail: str = "why") -> httpx.Response:
     body = {"type": "about:blank", "title": "t", "status": status, "detail": detail}
     if code:
@@ -85,14 +89,21 @@ def test_enroll_sends_msgpack_and_decodes_the_answer():
     def handler(request: httpx.Request) -> httpx.Response:
         seen["path"], seen["type"] = request.url.path, request.headers["content-type"]
         req = msgspec.msgpack.decode(request.content, type=EnrollRequest)
-        seen["token"] = req.token
-        body = EnrollResponse(device_id="d1", server_public_key=b"k", server_scheme="mldsa65")
+        seen["claims"] = req.claims
+        body = EnrollResponse(
+            device_id="d1",
+            client_index=0,
+            certificate=b"c",
+            authority=b"a",
+            server_public_key=b"k",
+            server_scheme="mldsa65",
+        )
         return httpx.Response(201, content=msgspec.msgpack.encode(body))
 
     with _api(handler) as api:
-        resp = api.enroll(EnrollRequest(token="qft_x", identity_pk=b"i", kem_pk=b"k"))
+        resp = api.enroll(_request(b"claims"))
     assert resp.device_id == "d1"
-    assert seen == {"path": "/v1/enroll", "type": "application/msgpack", "token": "qft_x"}
+    assert seen == {"path": "/v1/enroll", "type": "application/msgpack", "claims": b"claims"}
 
 
 def test_poll_sends_session_headers_and_handles_204():
@@ -121,7 +132,7 @@ def test_wrong_status_garbage_body_and_network_failure():
         return httpx.Response(201, content=b"\xc1")
 
     with _api(ok_but_garbage) as api, pytest.raises(MalformedResponseError):
-        api.enroll(EnrollRequest(token="t", identity_pk=b"i", kem_pk=b"k"))
+        api.enroll(_request())
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
@@ -133,7 +144,7 @@ def test_wrong_status_garbage_body_and_network_failure():
         return _problem(410, "token_expired")
 
     with _api(gone) as api, pytest.raises(ServerError) as err:
-        api.enroll(EnrollRequest(token="t", identity_pk=b"i", kem_pk=b"k"))
+        api.enroll(_request())
     assert err.value.code == "token_expired"
 
 

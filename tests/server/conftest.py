@@ -26,9 +26,10 @@ from sqlalchemy.pool import NullPool
 
 from qflare.crypto import SignatureScheme
 from qflare.server.app import create_app
+from qflare.server.authority_client import AuthorityClient
 from qflare.server.context import ServerContext
 from qflare.server.settings import ServerSettings
-from qflare.store import repos
+from tests.authority.helpers import TestAuthority, make_authority
 from tests.server.helpers import Device
 
 PG_ENV = "QFLARE_TEST_POSTGRES_URL"
@@ -106,26 +107,15 @@ def make_settings(database_url: str, tmp_path: Path, **overrides: Any) -> Server
 
 @dataclass
 class Harness:
-    """A running app (lifespan entered) and its context."""
+    """A running app (lifespan entered), its context, and the in-process authority it relays to."""
 
     client: TestClient
     ctx: ServerContext
+    authority: TestAuthority
 
-    def token(self, *, ttl: float = 3600.0, revoked: bool = False, label: str = "") -> str:
-        """Store a new enrollment token and return its text."""
-        token = repos.new_token_text(secrets.token_bytes(32))
-        with self.ctx.factory() as db, db.begin():
-            row = repos.create_token(
-                db,
-                token_id=secrets.token_hex(8),
-                token=token,
-                label=label,
-                now=time.time(),
-                ttl_s=ttl,
-            )
-            if revoked:
-                assert repos.revoke_token(db, row.id, time.time())
-        return token
+    def token(self, *, revoked: bool = False, expired: bool = False, label: str = "") -> str:
+        """A new enrollment token from the authority."""
+        return self.authority.token(revoked=revoked, expired=expired, label=label)
 
     def count(self, model: type[Any]) -> int:
         """Rows of a table."""
@@ -147,16 +137,37 @@ StartServer = Callable[..., Harness]
 
 
 @pytest.fixture
-def start_server(database_url: str, tmp_path: Path) -> Iterator[StartServer]:
-    """Start the app with :func:`make_settings` plus overrides; stopped after the test."""
+def authority(tmp_path: Path) -> Iterator[TestAuthority]:
+    """An enrollment authority in its own directory (the server only gets ``authority.pub``)."""
+    auth = make_authority(tmp_path / "authority")
+    yield auth
+    auth.close()
+
+
+@pytest.fixture
+def start_server(
+    database_url: str, tmp_path: Path, authority: TestAuthority
+) -> Iterator[StartServer]:
+    """Start the app with :func:`make_settings` plus overrides; stopped after the test.
+
+    Enrollments are relayed to ``authority`` in-process unless ``authority_client`` is given.
+    """
     with contextlib.ExitStack() as stack:
 
-        def start(clock: Callable[[], float] = time.time, **overrides: Any) -> Harness:
-            app = create_app(make_settings(database_url, tmp_path, **overrides), clock=clock)
+        def start(
+            clock: Callable[[], float] = time.time,
+            authority_client: AuthorityClient | None = None,
+            **overrides: Any,
+        ) -> Harness:
+            settings = make_settings(
+                database_url, tmp_path, **({"authority_key": authority.pub} | overrides)
+            )
+            client = authority_client or authority.service
+            app = create_app(settings, clock=clock, authority=client)
             # LIFO: the engine is disposed after the client has left the lifespan
             stack.callback(lambda: app.state.ctx.factory.kw["bind"].dispose())
-            client = stack.enter_context(TestClient(app))
-            return Harness(client, app.state.ctx)
+            http = stack.enter_context(TestClient(app))
+            return Harness(http, app.state.ctx, authority)
 
         yield start
 

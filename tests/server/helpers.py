@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from qflare.crypto import HybridKem, SignatureScheme, SystemRng, make_signer
+from qflare.protocol.identity import enrollment_proof, parse_token
 from qflare.protocol.session import C2S, S2C, SecureChannel, ServerHello, SessionInitiator
 from qflare.protocol.wire import (
     UPDATE_CONTEXT,
@@ -61,20 +62,32 @@ class Device:
         self.device_id: str | None = None
         self.server_pk: bytes | None = None
         self.server_scheme = SignatureScheme.MLDSA65
+        self.reply: EnrollResponse | None = None
 
     def enroll_request(self, token: str, **changes: object) -> EnrollRequest:
+        """An honest request for ``token``; ``changes`` are applied after the proof is made."""
+        signed = parse_token(token)
+        ids = (self.signer.public_key, self.kem_pk)
         req = EnrollRequest(
-            token=token, identity_pk=self.signer.public_key, kem_pk=self.kem_pk, scheme=self.scheme
+            claims=signed.claims,
+            signature=signed.signature,
+            proof=enrollment_proof(signed.secret, signed.claims, self.scheme.value, *ids),
+            scheme=self.scheme.value,
+            identity_pk=self.signer.public_key,
+            kem_pk=self.kem_pk,
         )
         return msgspec.structs.replace(req, **changes)
 
     def enroll(self, token: str, **changes: object) -> Response:
-        body = encode(self.enroll_request(token, **changes))
-        resp = self.client.post("/v1/enroll", content=body, headers=MSGPACK)
+        return self.post_enroll(self.enroll_request(token, **changes))
+
+    def post_enroll(self, request: EnrollRequest) -> Response:
+        resp = self.client.post("/v1/enroll", content=encode(request), headers=MSGPACK)
         if resp.status_code == 201:
             reply = msgspec.msgpack.decode(resp.content, type=EnrollResponse)
             self.device_id, self.server_pk = reply.device_id, reply.server_public_key
             self.server_scheme = SignatureScheme(reply.server_scheme)
+            self.reply = reply
         return resp
 
     def initiator(self) -> SessionInitiator:

@@ -7,16 +7,22 @@ whose lazy loader is not compatible with pytest 9.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qflare.authority import AuthoritySettings
+from qflare.authority.app import create_authority_app
 from qflare.server.app import create_app
 from qflare.store.models import Device
+from tests.authority.helpers import TestAuthority, make_authority
 from tests.server.conftest import make_settings
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -52,15 +58,30 @@ def _fuzz(operation, mode: GenerationMode) -> None:
     run()
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_no_request_gets_a_server_error(tmp_path: Path, mode: GenerationMode):
+@pytest.fixture
+def authority(tmp_path: Path) -> Iterator[TestAuthority]:
+    auth = make_authority(tmp_path / "authority")
+    yield auth
+    auth.close()
+
+
+def _app(tmp_path: Path, authority: TestAuthority, **overrides: Any) -> FastAPI:
+    """The server with an in-process enrollment authority (else enrollment answers 503)."""
     config = make_settings(
-        f"sqlite:///{tmp_path}/db.sqlite",
+        f"sqlite:///{tmp_path}/db.sqlite", tmp_path, authority_key=authority.pub, **overrides
+    )
+    return create_app(config, authority=authority.service)
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_request_gets_a_server_error(tmp_path: Path, authority, mode: GenerationMode):
+    app = _app(
         tmp_path,
+        authority,
         rate_per_ip=1e9,  # fuzz the handlers, not the rate limiter
         long_poll_max_s=0.1,
     )
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(config))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
     assert {"POST /v1/enroll", "POST /v1/sessions", "GET /v1/tasks", "POST /v1/results"} <= labels
@@ -103,7 +124,9 @@ _BODIES = {
         {},
         optional={
             "version": _ANY,
-            "token": st.one_of(_ANY, st.text(min_size=190, max_size=210)),
+            "claims": st.one_of(_ANY, st.binary(min_size=60, max_size=200)),
+            "signature": st.one_of(_ANY, st.binary(min_size=3309, max_size=3309)),
+            "proof": st.one_of(_ANY, st.binary(min_size=32, max_size=32)),
             "identity_pk": st.one_of(_ANY, st.binary(min_size=32, max_size=32)),
             "kem_pk": st.one_of(_ANY, st.binary(min_size=1216, max_size=1216)),
             "scheme": st.one_of(_ANY, st.sampled_from(["ed25519", "mldsa65", "hybrid"])),
@@ -125,10 +148,9 @@ _BODIES = {
 }
 
 
-def test_msgpack_shaped_bodies_never_get_a_server_error(tmp_path: Path):
+def test_msgpack_shaped_bodies_never_get_a_server_error(tmp_path: Path, authority):
     """Well-formed msgpack maps with the right field names and wrong values: 4xx, no rows."""
-    config = make_settings(f"sqlite:///{tmp_path}/db.sqlite", tmp_path, rate_per_ip=1e9)
-    with TestClient(create_app(config)) as client:
+    with TestClient(_app(tmp_path, authority, rate_per_ip=1e9)) as client:
 
         @given(path=st.sampled_from(sorted(_BODIES)), data=st.data())
         @settings(max_examples=150, deadline=None, derandomize=True, database=None)
@@ -140,3 +162,14 @@ def test_msgpack_shaped_bodies_never_get_a_server_error(tmp_path: Path):
         run()
         with client.app.state.ctx.factory() as db:
             assert db.query(Device).count() == 0
+    assert authority.service.certificates() == []
+
+
+def test_the_authority_never_answers_with_a_server_error(tmp_path: Path, authority):
+    """The authority's own API, fuzzed the same way (its body is opaque msgpack)."""
+    app = create_authority_app(AuthoritySettings(dir=authority.directory))
+    with TestClient(app):  # the service is opened in the lifespan
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        for result in schema.get_all_operations():
+            _fuzz(result.ok(), GenerationMode.POSITIVE)
+    assert authority.service.certificates() == []

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.ledger import Ledger
 from qflare.store import repos
-from qflare.store.db import make_engine, migrate, session_factory
+from qflare.store.db import MIGRATIONS, make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
 
 
@@ -24,70 +26,70 @@ def factory(database_url: str) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def _token(factory: sessionmaker[Session], text: str, ttl: float = 3600.0) -> str:
+def test_device_indices_and_revocation_rules(factory):
     with factory() as db, db.begin():
-        return repos.create_token(
-            db, token_id=text[-16:], token=text, label="", now=time.time(), ttl_s=ttl
-        ).id
-
-
-def _race(factory: sessionmaker[Session], token: str, racers: int) -> list[bool]:
-    barrier = threading.Barrier(racers)
-    wins: list[bool] = []
-
-    def consume(i: int) -> None:
-        barrier.wait()
-        with factory() as db, db.begin():
-            wins.append(repos.consume_token(db, token, f"device{i:026d}", time.time()))
-
-    threads = [threading.Thread(target=consume, args=(i,)) for i in range(racers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return wins
-
-
-def test_concurrent_consumers_of_one_token_have_exactly_one_winner(factory):
-    for round_ in range(3):
-        token = f"qft_race_{round_:016d}"
-        _token(factory, token)
-        wins = _race(factory, token, racers=6)
-        assert sorted(wins) == [False] * 5 + [True]
-        with factory() as db:
-            assert repos.token_status(db, token, time.time()) == "used"
-
-
-def test_failed_enrollment_transaction_leaves_the_token_live(factory):
-    _token(factory, "qft_first_token_000000")
-    _token(factory, "qft_second_token_00000")
-    with factory() as db, db.begin():
-        assert repos.consume_token(db, "qft_first_token_000000", "d" * 32, time.time())
-        repos.add_device(db, device_id="d" * 32, identity_pk=b"i", kem_pk=b"k", scheme="x", now=0)
-    with pytest.raises(IntegrityError), factory() as db, db.begin():  # same device id again
-        assert repos.consume_token(db, "qft_second_token_00000", "d" * 32, time.time())
-        repos.add_device(db, device_id="d" * 32, identity_pk=b"i", kem_pk=b"k", scheme="x", now=0)
-    with factory() as db:
-        assert repos.token_status(db, "qft_second_token_00000", time.time()) == "live"
-        assert len(repos.all_devices(db)) == 1
-
-
-def test_token_and_device_revocation_rules(factory):
-    live = _token(factory, "qft_live_token_000000")
-    used = _token(factory, "qft_used_token_000000")
-    with factory() as db, db.begin():
-        assert repos.consume_token(db, "qft_used_token_000000", "e" * 32, time.time())
+        repos.add_device(
+            db,
+            device_id="d" * 32,
+            identity_pk=b"i",
+            kem_pk=b"k",
+            scheme="x",
+            now=0,
+            client_index=4,
+            certificate=b"cert",
+        )
         repos.add_device(db, device_id="e" * 32, identity_pk=b"i", kem_pk=b"k", scheme="x", now=0)
+    with pytest.raises(IntegrityError), factory() as db, db.begin():  # an index is never shared
+        repos.add_device(
+            db, device_id="f" * 32, identity_pk=b"i", kem_pk=b"k", scheme="x", now=0, client_index=4
+        )
     with factory() as db, db.begin():
-        assert repos.revoke_token(db, live, time.time())
-        assert not repos.revoke_token(db, live, time.time())  # already revoked
-        assert not repos.revoke_token(db, used, time.time())  # a used token stays "used"
-        assert not repos.revoke_token(db, "nope", time.time())
+        assert [d.client_index for d in repos.all_devices(db)] == [4, 5]
+        assert repos.get_device(db, "d" * 32).certificate == b"cert"
         assert repos.revoke_device(db, "e" * 32, time.time())
         assert not repos.revoke_device(db, "e" * 32, time.time())
     with factory() as db:
-        assert repos.token_status(db, "qft_live_token_000000", time.time()) == "revoked"
-        assert repos.active_devices(db) == []
+        assert [d.id for d in repos.active_devices(db)] == ["d" * 32]
+
+
+def test_migration_0002_retires_uncertified_devices_and_drops_the_token_table(database_url):
+    engine = make_engine(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        for i in range(2):
+            conn.execute(
+                text(
+                    "INSERT INTO devices (id, client_index, identity_pk, kem_pk, scheme, enrolled_at)"
+                    " VALUES (:id, :i, :pk, :pk, 'mldsa65', 0)"
+                ),
+                {"id": f"old{i}", "i": i, "pk": b"k"},
+            )
+    migrate(engine)
+    factory = session_factory(engine)
+    with factory() as db:
+        old = repos.all_devices(db)
+        assert [(d.id, d.client_index, d.certificate) for d in old] == [
+            ("old1", -2, None),
+            ("old0", -1, None),
+        ]
+        assert all(d.revoked_at is not None for d in old) and repos.active_devices(db) == []
+    assert "enrollment_tokens" not in inspect(engine).get_table_names()
+    with factory() as db, db.begin():  # the authority's numbering starts at 0 again
+        repos.add_device(
+            db,
+            device_id="n" * 32,
+            identity_pk=b"i",
+            kem_pk=b"k",
+            scheme="x",
+            now=0,
+            client_index=0,
+            certificate=b"c",
+        )
+    engine.dispose()
 
 
 def test_operator_ledger_entry_does_not_break_the_servers_ledger(factory):

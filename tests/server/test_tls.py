@@ -19,6 +19,8 @@ import uvicorn
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from qflare.authority import init_authority
+from qflare.crypto import SystemRng
 from qflare.crypto.x509 import describe_certificate, issue_server_cert, make_ca, split_hosts
 from qflare.server.app import create_app
 from qflare.server.tls import (
@@ -42,6 +44,7 @@ class TlsServer:
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     root = tmp_path_factory.mktemp("tls-server")
     files = init_tls_dir(root / "tls", ["localhost", "127.0.0.1"])
+    init_authority(root / "authority", SystemRng())
     settings = make_settings(
         f"sqlite:///{root}/db.sqlite",
         root,
@@ -49,6 +52,8 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
         tls_cert=files.cert,
         tls_key=files.key,
         min_clients=3,
+        authority_url="http://127.0.0.1:9",
+        authority_key=root / "authority" / "authority.pub",
     )
     assert check_startup(settings) == [
         "ed25519 identities are not post-quantum; prefer mldsa65 or hybrid"
@@ -178,7 +183,30 @@ def test_init_tls_dir_modes_and_overwrite(tmp_path: Path):
 
 
 def _settings(tmp_path: Path, **overrides) -> object:
-    return make_settings(f"sqlite:///{tmp_path}/db.sqlite", tmp_path, **overrides)
+    if not (tmp_path / "authority").exists():
+        init_authority(tmp_path / "authority", SystemRng())
+    authority = {
+        "authority_url": "http://127.0.0.1:9",
+        "authority_key": tmp_path / "authority" / "authority.pub",
+    }
+    return make_settings(f"sqlite:///{tmp_path}/db.sqlite", tmp_path, **(authority | overrides))
+
+
+def test_startup_policy_for_the_enrollment_authority(tmp_path: Path):
+    base = {"insecure": True, "min_clients": 3, "signature_scheme": "mldsa65"}
+    assert check_startup(_settings(tmp_path, **base)) == []
+    off = _settings(tmp_path, **base, authority_url=None, authority_key=None)
+    assert check_startup(off) == [
+        "no enrollment authority (authority_url, authority_key): enrollment is off"
+    ]
+    refusals = {
+        "set both": {"authority_key": None},
+        "never authority.key": {"authority_key": tmp_path / "authority" / "authority.key"},
+        "does not exist": {"authority_key": tmp_path / "nope.pub"},
+    }
+    for reason, overrides in refusals.items():
+        with pytest.raises(StartupRefused, match=reason):
+            check_startup(_settings(tmp_path, **base, **overrides))
 
 
 def test_startup_policy(tmp_path: Path):

@@ -1,7 +1,7 @@
 """Many concurrent simulated nodes against a real server process over loopback HTTP.
 
-The server runs as its own process (``uvicorn --factory qflare.server.app:app_from_env``); the
-nodes are asyncio tasks in this process, each with its own keys, session and
+The server runs as its own process (``uvicorn --factory qflare.server.app:app_from_env``), and
+so does the enrollment authority it relays enrollments to; the nodes are asyncio tasks in this process, each with its own keys, session and
 :class:`~qflare.sim.device.SimDevice`. Counts every non-2xx answer and exception as an error.
 """
 
@@ -24,13 +24,18 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from qflare.authority import AuthorityService, AuthoritySettings, init_authority
 from qflare.crypto import HybridKem, MlDsa65Signer, SystemRng
 from qflare.protocol import messages as m
+from qflare.protocol.identity import (
+    CertificateCache,
+    decode_authority_key,
+    enrollment_proof,
+    parse_token,
+)
 from qflare.protocol.session import C2S, S2C, SecureChannel, ServerHello, SessionInitiator
 from qflare.protocol.wire import EnrollRequest, EnrollResponse, SealedFrame, Task
 from qflare.sim.device import SimDevice
-from qflare.store import repos
-from qflare.store.db import make_engine, migrate, session_factory
 
 MSGPACK = {"content-type": "application/msgpack"}
 
@@ -51,19 +56,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _tokens(url: str, count: int) -> list[str]:
-    engine = make_engine(url)
-    migrate(engine)
-    factory = session_factory(engine)
-    out = []
-    with factory() as db, db.begin():
-        for i in range(count):
-            token = repos.new_token_text(os.urandom(32))
-            repos.create_token(
-                db, token_id=f"bench{i}", token=token, label="bench", now=time.time(), ttl_s=3600
-            )
-            out.append(token)
-    return out
+def _tokens(directory: Path, count: int) -> list[str]:
+    """Make an enrollment authority in ``directory`` and ``count`` tokens from it."""
+    init_authority(directory, SystemRng())
+    service = AuthorityService.open(
+        AuthoritySettings(dir=directory), clock=time.time, rng=SystemRng()
+    )
+    try:
+        return [service.create_token(3600, f"bench{i}")[1] for i in range(count)]
+    finally:
+        service.close()
+
+
+def _enroll_request(token: str, signer: MlDsa65Signer, kem: HybridKem) -> EnrollRequest:
+    signed = parse_token(token)
+    ids = (signer.public_key, kem.public_key)
+    return EnrollRequest(
+        claims=signed.claims,
+        signature=signed.signature,
+        proof=enrollment_proof(signed.secret, signed.claims, "mldsa65", *ids),
+        identity_pk=signer.public_key,
+        kem_pk=kem.public_key,
+    )
 
 
 async def _post(http: httpx.AsyncClient, tally: Tally, path: str, body: bytes) -> httpx.Response:
@@ -117,16 +131,20 @@ def _update(weights: npt.NDArray[np.float32], round_id: int) -> tuple[npt.NDArra
     return np.full(weights.size, 0.001, dtype=np.float32), 1
 
 
+_CACHE = CertificateCache()  # the simulated nodes of this process verify each peer once
+
+
 async def _node(base: str, token: str, tally: Tally, deadline: float) -> None:
     signer, kem = MlDsa65Signer.generate(SystemRng()), HybridKem.generate(SystemRng())
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
-        req = EnrollRequest(token=token, identity_pk=signer.public_key, kem_pk=kem.public_key)
+        req = _enroll_request(token, signer, kem)
         r = await _post(http, tally, "/v1/enroll", msgspec.msgpack.encode(req))
         enrolled = msgspec.msgpack.decode(r.content, type=EnrollResponse)
         channel = await _session(
             http, tally, enrolled.device_id, signer, enrolled.server_public_key
         )
-        device = SimDevice(enrolled.device_id, signer, _update, SystemRng())
+        authority = decode_authority_key(enrolled.authority)
+        device = SimDevice(enrolled.device_id, signer, _update, SystemRng(), authority, _CACHE)
         while time.time() < deadline:
             task = await _poll(http, tally, channel)
             if task is None:
@@ -164,7 +182,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60)
     end = time.time() + timeout_s
     while time.time() < end:
         if proc.poll() is not None:
-            raise RuntimeError("server process exited during start-up")
+            raise RuntimeError(f"the process behind {base} exited during start-up")
         try:
             if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
                 return
@@ -173,15 +191,44 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60)
     raise RuntimeError("server did not become ready")
 
 
+def _uvicorn(factory: str, port: int, nodes: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        factory,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--timeout-keep-alive",
+        "300",
+        "--limit-concurrency",
+        str(4 * nodes),
+    ]
+    return subprocess.Popen(cmd, env={**os.environ, **env})  # noqa: S603 - our own interpreter
+
+
 def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600) -> dict[str, Any]:
-    """Run ``nodes`` async nodes through one SecAgg+ round against a server subprocess."""
+    """Run ``nodes`` async nodes through one SecAgg+ round against a server subprocess.
+
+    The enrollment authority runs as a second subprocess; the server relays enrollments to it.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/server.sqlite"
-        tokens = _tokens(url, nodes)
-        port = _free_port()
+        authority_dir = Path(tmp) / "authority"
+        tokens = _tokens(authority_dir, nodes)
+        authority_port, port = _free_port(), _free_port()
+        authority = _uvicorn(
+            "qflare.authority.app:app_from_env",
+            authority_port,
+            nodes,
+            {"QFLARE_AUTHORITY_DIR": str(authority_dir)},
+        )
         env = {
-            **os.environ,
-            "QFLARE_DATABASE_URL": url,
+            "QFLARE_DATABASE_URL": f"sqlite:///{tmp}/server.sqlite",
             "QFLARE_STATE_DIR": str(Path(tmp) / "state"),
             "QFLARE_INSECURE": "true",
             "QFLARE_MODEL": f"vector:{dim}",
@@ -192,36 +239,23 @@ def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600
             "QFLARE_RATE_PER_IP": "100000",
             "QFLARE_MAX_LONG_POLLS": str(nodes + 10),
             "QFLARE_LONG_POLL_MAX_S": "10",
+            "QFLARE_AUTHORITY_URL": f"http://127.0.0.1:{authority_port}",
+            "QFLARE_AUTHORITY_KEY": str(authority_dir / "authority.pub"),
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "qflare.server.app:app_from_env",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--timeout-keep-alive",
-            "300",
-            "--limit-concurrency",
-            str(4 * nodes),
-        ]
-        proc = subprocess.Popen(cmd, env=env)  # noqa: S603 - our own interpreter and module
+        proc = _uvicorn("qflare.server.app:app_from_env", port, nodes, env)
         base = f"http://127.0.0.1:{port}"
         tally = Tally()
         try:
+            _wait_ready(f"http://127.0.0.1:{authority_port}", authority)
             _wait_ready(base, proc)
             t0 = time.perf_counter()
             asyncio.run(_run_nodes(base, tokens, tally, timeout_s))
             elapsed = time.perf_counter() - t0
             rounds = httpx.get(f"{base}/v1/rounds", timeout=10).json()
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            for child in (proc, authority):
+                child.terminate()
+                child.wait(timeout=30)
     return {
         "nodes": nodes,
         "dim": dim,

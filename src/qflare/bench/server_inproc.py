@@ -13,12 +13,14 @@ import numpy.typing as npt
 
 from qflare.crypto import DeterministicRng, MlDsa65Signer
 from qflare.ledger import Ledger
+from qflare.protocol.secagg import State
 from qflare.protocol.session import C2S, SecureChannel, SessionInitiator, SessionResponder
 from qflare.protocol.wire import SealedFrame, SignedResult
 from qflare.server.coordinator import Coordinator
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
 from qflare.sim.device import SimDevice
+from qflare.sim.identities import SimAuthority
 from qflare.store import repos
 from qflare.store.db import make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
@@ -61,8 +63,6 @@ def _coordinator(tmp: Path, n: int, dim: int) -> Coordinator:
         step_timeout_s=3600,
         round_interval_s=0,
         max_rounds=1,
-        k=11,
-        t=6,
     )
     engine = make_engine(settings.database_url)
     migrate(engine)
@@ -82,12 +82,22 @@ def _devices(coord: Coordinator, n: int) -> list[SimDevice]:
     ) -> tuple[npt.NDArray[np.float32], int]:
         return np.full(weights.size, 0.001, dtype=np.float32), 1
 
+    authority = SimAuthority.default()  # enrollment is not what this benchmark measures
     devices = [
-        SimDevice(f"dev{i}", MlDsa65Signer.generate(rng), update, DeterministicRng(10 + i))
+        SimDevice(
+            f"dev{i}",
+            MlDsa65Signer.generate(rng),
+            update,
+            DeterministicRng(10 + i),
+            authority.key,
+            authority.cache,
+        )
         for i in range(n)
     ]
     with coord._factory() as db, db.begin():
-        for d in devices:
+        for i, d in enumerate(devices):
+            cert = authority.certify(i, d.signer)
+            authority.warm({i: cert})
             repos.add_device(
                 db,
                 device_id=d.device_id,
@@ -95,6 +105,8 @@ def _devices(coord: Coordinator, n: int) -> list[SimDevice]:
                 kem_pk=b"-",
                 scheme="mldsa65",
                 now=0.0,
+                client_index=i,
+                certificate=cert,
             )
     for d in devices:
         coord.seen(d.device_id, time.time())
@@ -120,7 +132,7 @@ def upload_rate(n: int = 200, dim: int = 100_000) -> dict[str, Any]:
         devices = _devices(coord, n)
         coord.tick()
         assert coord.live is not None
-        for _ in range(2):  # R0 and R1, untimed
+        while coord.live.machine.state is not State.R2_MASKED_INPUT:  # R0, seed, R1: untimed
             for d in devices:
                 task = coord.task_for(d.device_id)
                 assert task is not None

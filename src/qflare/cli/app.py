@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qflare.bench.report import render
+from qflare.cli.authority_cmds import authority_app
 from qflare.cli.bench_chronos import register as register_bench_chronos
 from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.node_cmds import node_app
@@ -32,6 +33,7 @@ register_bench_server(bench_app)
 register_bench_chronos(bench_app)
 register_server_commands(app)
 app.add_typer(node_app, name="node")
+app.add_typer(authority_app, name="authority")
 _STAGES = ["R0_ADVERTISE_KEYS", "R1_SHARE_KEYS", "R2_MASKED_INPUT", "R3_CONSISTENCY", "R4_UNMASK"]
 
 

@@ -1,8 +1,10 @@
 """A whole federation on this machine: a TLS server process and N node processes.
 
 Used by ``qflare demo`` and by the multi-process integration tests. Everything goes through the
-real command line (``qflare certs init``, ``qflare server``, ``qflare token create``, ``qflare node
-enroll``, ``qflare node run``), so what runs here is exactly what an operator runs.
+real command line (``qflare authority init|serve|token create``, ``qflare certs init``, ``qflare
+server``, ``qflare node enroll``, ``qflare node run``), so what runs here is exactly what an
+operator runs. The enrollment authority is its own process with its own directory: the server
+gets only ``authority.pub`` and the authority's URL.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class LocalFederation:
     workdir: Path
     settings: dict[str, Any]
     port: int = field(default_factory=free_port)
+    authority_port: int = field(default_factory=free_port)
+    authority: subprocess.Popen[bytes] | None = None
     server: subprocess.Popen[bytes] | None = None
     nodes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -53,6 +57,11 @@ class LocalFederation:
     def ca(self) -> Path:
         """The CA certificate nodes pin."""
         return self.workdir / "server" / "tls" / "ca.pem"
+
+    @property
+    def authority_dir(self) -> Path:
+        """The enrollment authority's directory (``authority.key`` is the one kept offline)."""
+        return self.workdir / "authority"
 
     @property
     def config(self) -> Path:
@@ -72,19 +81,46 @@ class LocalFederation:
         return out.stdout
 
     def prepare(self) -> None:
-        """Write the settings file and make the CA and server certificate."""
+        """Make the authority key, write the settings file, make the CA and server certificate."""
         (self.workdir / "server").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._run("authority", "init", "--dir", str(self.authority_dir))
         base = {
             "database_url": f"sqlite:///{self.workdir / 'server' / 'qflare.sqlite'}",
             "state_dir": str(self.workdir / "server"),
             "port": self.port,
             "host": "127.0.0.1",
+            "authority_url": f"http://127.0.0.1:{self.authority_port}",
+            "authority_key": str(self.authority_dir / "authority.pub"),
         }
         self.config.write_text(json.dumps({**base, **self.settings}, indent=2))
         self._run("certs", "init", "--config", str(self.config), "--hosts", "localhost,127.0.0.1")
 
+    def start_authority(self) -> None:
+        """Start ``qflare authority serve`` and wait until it answers."""
+        out = open(self.workdir / "authority.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = self._qflare(
+            "authority",
+            "serve",
+            "--dir",
+            str(self.authority_dir),
+            "--port",
+            str(self.authority_port),
+        )
+        self.authority = subprocess.Popen(cmd, stdout=out, stderr=out)  # noqa: S603
+        end = time.time() + 60
+        while self.authority.poll() is None and time.time() < end:
+            try:
+                url = f"http://127.0.0.1:{self.authority_port}/v1/health"
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"the authority did not start; see {self.workdir / 'authority.log'}")
+
     def start_server(self, log: Path | None = None) -> None:
-        """Start (or restart) the server process and wait until it answers."""
+        """Start (or restart) the server process (and the authority, once); wait until it answers."""
+        if self.authority is None:
+            self.start_authority()
         out = open(log or self.workdir / "server.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = self._qflare("server", "--config", str(self.config))
         self.server = subprocess.Popen(cmd, stdout=out, stderr=out)  # noqa: S603
@@ -109,16 +145,17 @@ class LocalFederation:
         raise RuntimeError("server did not become ready")
 
     def enroll(self, index: int, scheme: str = "mldsa65") -> Path:
-        """Create a token (operator CLI) and enroll node ``index`` with it (node CLI)."""
+        """Create a token (authority CLI) and enroll node ``index`` with it (node CLI)."""
         token = self._run(
+            "authority",
             "token",
             "create",
+            "--dir",
+            str(self.authority_dir),
             "--expires",
             "1h",
             "--label",
             f"node{index}",
-            "--config",
-            str(self.config),
         ).strip()
         state = self.workdir / f"node{index}"
         self._run(
@@ -171,11 +208,12 @@ class LocalFederation:
             self.server = None
 
     def stop(self) -> None:
-        """Stop every child: nodes first (SIGTERM, then SIGKILL), then the server."""
-        for proc in [*self.nodes.values(), *([self.server] if self.server else [])]:
+        """Stop every child: nodes first (SIGTERM, then SIGKILL), then the server, the authority."""
+        servers = [p for p in (self.server, self.authority) if p is not None]
+        for proc in [*self.nodes.values(), *servers]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in [*self.nodes.values(), *([self.server] if self.server else [])]:
+        for proc in [*self.nodes.values(), *servers]:
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

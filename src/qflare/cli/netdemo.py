@@ -62,10 +62,16 @@ class Evaluator:
 def _start(console: Console, fed: LocalFederation, plan: DemoPlan) -> None:
     fed.prepare()
     console.print(f"TLS CA and server certificate: {fed.ca.parent}")
+    console.print(
+        f"enrollment authority: {fed.authority_dir} — [bold]authority.key is the key an operator "
+        "keeps offline[/] (the trust root: it signs every token and device certificate); the "
+        "server gets only authority.pub"
+    )
     fed.start_server()
     console.print(f"server up at {fed.url} (SQLite: {fed.workdir / 'server' / 'qflare.sqlite'})")
     with console.status(
-        "issuing single-use tokens and enrolling nodes (post-quantum keys made on each node)"
+        "the authority issues single-use tokens; nodes enroll through the server (post-quantum "
+        "keys made on each node, certified by the authority)"
     ):
         for i in range(plan.nodes):
             fed.enroll(i, plan.scheme)

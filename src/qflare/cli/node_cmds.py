@@ -11,7 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from qflare.crypto import SignatureScheme
-from qflare.node import NodeFatalError, ServerError, StateError, TrainingConfig, TransportError
+from qflare.node import (
+    NodeFatalError,
+    NodeState,
+    ServerError,
+    StateError,
+    TrainingConfig,
+    TransportError,
+)
 from qflare.node.launch import (
     DEFAULT_STATE_DIR,
     EnrollOptions,
@@ -48,7 +55,11 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def enroll_cmd(
     server: Annotated[str, typer.Option(help="Server URL, e.g. https://fl.example.org:8443.")],
     token: Annotated[
-        str, typer.Option(envvar="QFLARE_ENROLL_TOKEN", help="Single-use enrollment token.")
+        str,
+        typer.Option(
+            envvar="QFLARE_ENROLL_TOKEN",
+            help="Single-use token from `qflare authority token create` (qft1.…).",
+        ),
     ],
     ca: Ca = None,
     insecure: Insecure = False,
@@ -58,7 +69,7 @@ def enroll_cmd(
     ] = "mldsa65",
     log_level: LogLevel = "WARNING",
 ) -> None:
-    """Create this node's keys and register their public halves with a one-time token."""
+    """Create this node's keys and have the enrollment authority certify them (via the server)."""
     configure_logging(log_level)
     try:
         options = EnrollOptions(server, token, state_dir, ca, insecure, SignatureScheme(scheme))
@@ -71,7 +82,10 @@ def enroll_cmd(
         ) from exc
     except (TransportError, StateError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"enrolled as device {record.device_id} at {record.server_url} (state: {state_dir})")
+    typer.echo(
+        f"enrolled as device {record.device_id} at {record.server_url}, certified by authority "
+        f"{NodeState.open(state_dir).authority().fingerprint.hex()[:16]} (state: {state_dir})"
+    )
 
 
 def _training(shard: int | None, shards: int | None, **fields: Any) -> TrainingConfig:

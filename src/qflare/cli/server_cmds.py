@@ -1,4 +1,6 @@
-"""``qflare server``, ``qflare certs``, ``qflare token`` and ``qflare device``.
+"""``qflare server``, ``qflare certs`` and ``qflare device``.
+
+Enrollment tokens are the enrollment authority's (``qflare authority token``), not the server's.
 
 Every command builds :class:`~qflare.server.settings.ServerSettings` the same way, so the admin
 commands operate on the database the server uses. Precedence: command-line options, then
@@ -26,20 +28,17 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.crypto import SystemRng
 from qflare.crypto.x509 import SERVER_VALID_DAYS, describe_certificate
 from qflare.ledger import Ledger
+from qflare.protocol.identity import IdentityError, parse_certificate
 from qflare.server.settings import ServerSettings
 from qflare.server.tls import StartupRefused, TlsFiles, check_startup, init_tls_dir, serve
 from qflare.store import repos
 from qflare.store.db import make_engine, migrate, session_factory
-from qflare.store.models import EnrollmentToken
 
 certs_app = typer.Typer(help="TLS certificates of the server.", no_args_is_help=True)
-token_app = typer.Typer(help="Single-use enrollment tokens.", no_args_is_help=True)
 device_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
 
-MAX_TOKEN_TTL_S = 30 * 86_400.0
 OPERATOR = "operator"  # audit-ledger actor of the admin commands
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"(?:\d+[smhdw])+")
@@ -239,95 +238,40 @@ def server(
     serve(settings, log_level)
 
 
-# ---- qflare token ------------------------------------------------------------------------------
-
-
-@token_app.command("create")
-def token_create(
-    expires: Annotated[str, typer.Option(help="Lifetime: 30m, 1h, 2d (at most 30d).")] = "1h",
-    label: Annotated[str, typer.Option(help="Free-form note (who the token is for).")] = "",
-    config: ConfigOpt = None,
-    database_url: DatabaseOpt = None,
-) -> None:
-    """Create a single-use enrollment token and print it (only now: the server keeps a hash)."""
-    try:
-        ttl = parse_duration(expires)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--expires") from exc
-    if ttl > MAX_TOKEN_TTL_S:
-        raise typer.BadParameter("at most 30d", param_hint="--expires")
-    if len(label) > 200:
-        raise typer.BadParameter("at most 200 characters", param_hint="--label")
-    rng, now = SystemRng(), time.time()
-    token_id, token = rng.random_bytes(8).hex(), repos.new_token_text(rng.random_bytes(32))
-    with _database(load_settings(config, database_url=database_url)) as factory:
-        with factory() as db, db.begin():
-            repos.create_token(db, token_id=token_id, token=token, label=label, now=now, ttl_s=ttl)
-        _audit(
-            factory, "token_create", {"token_id": token_id, "label": label, "expires": now + ttl}
-        )
-    _console(stderr=True).print(
-        f"token [bold]{token_id}[/] expires {_when(now + ttl)}; it is shown only once:"
-    )
-    typer.echo(token)
-
-
-def _token_status(row: EnrollmentToken, now: float) -> str:
-    if row.used_at is not None:
-        return f"used by {row.device_id}"
-    if row.revoked_at is not None:
-        return "revoked"
-    return "expired" if row.expires_at <= now else "live"
-
-
-@token_app.command("list")
-def token_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> None:
-    """List enrollment tokens (never their text)."""
-    with _database(load_settings(config, database_url=database_url)) as factory, factory() as db:
-        rows = repos.list_tokens(db)
-    table = Table("id", "label", "created", "expires", "status", title="enrollment tokens")
-    now = time.time()
-    for row in rows:
-        table.add_row(
-            row.id, row.label, _when(row.created_at), _when(row.expires_at), _token_status(row, now)
-        )
-    _console().print(table)
-
-
-@token_app.command("revoke")
-def token_revoke(
-    token_id: Annotated[str, typer.Argument(help="Token id (from `qflare token list`).")],
-    config: ConfigOpt = None,
-    database_url: DatabaseOpt = None,
-) -> None:
-    """Revoke an unused enrollment token."""
-    with _database(load_settings(config, database_url=database_url)) as factory:
-        with factory() as db, db.begin():
-            done = repos.revoke_token(db, token_id, time.time())
-        if done:
-            _audit(factory, "token_revoke", {"token_id": token_id})
-    if not done:
-        _console(stderr=True).print(f"[red]no unused, unrevoked token {token_id}[/]")
-        raise typer.Exit(1)
-    _console().print(f"token {token_id} revoked")
-
-
 # ---- qflare device -----------------------------------------------------------------------------
 
 
 @device_app.command("list")
 def device_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> None:
-    """List enrolled devices."""
+    """List enrolled devices with their client index and certificate serial."""
     with _database(load_settings(config, database_url=database_url)) as factory, factory() as db:
         rows = repos.all_devices(db)
-    table = Table("id", "index", "scheme", "key sha256", "enrolled", "status", title="devices")
+    table = Table(
+        "id", "index", "serial", "scheme", "key sha256", "enrolled", "status", title="devices"
+    )
     for row in rows:
         status = "active" if row.revoked_at is None else f"revoked {_when(row.revoked_at)}"
         fingerprint = hashlib.sha256(row.identity_pk).hexdigest()[:16]
         table.add_row(
-            row.id, str(row.client_index), row.scheme, fingerprint, _when(row.enrolled_at), status
+            row.id,
+            str(row.client_index),
+            _serial(row.certificate),
+            row.scheme,
+            fingerprint,
+            _when(row.enrolled_at),
+            status,
         )
     _console().print(table)
+
+
+def _serial(certificate: bytes | None) -> str:
+    """The certificate's serial (``-`` for a device enrolled before the authority)."""
+    if certificate is None:
+        return "-"
+    try:
+        return str(parse_certificate(certificate).serial)
+    except IdentityError:
+        return "malformed"
 
 
 @device_app.command("revoke")
@@ -349,8 +293,7 @@ def device_revoke(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``server``, ``certs``, ``token`` and ``device`` to the ``qflare`` app."""
+    """Add ``server``, ``certs`` and ``device`` to the ``qflare`` app."""
     app.command("server")(server)
     app.add_typer(certs_app, name="certs")
-    app.add_typer(token_app, name="token")
     app.add_typer(device_app, name="device")

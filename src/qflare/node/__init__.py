@@ -1,6 +1,11 @@
 """The edge node: enrollment, the PQ session transport, local training, the round runner."""
 
-from qflare.node.enroll import AlreadyEnrolledError, enroll
+from qflare.node.enroll import (
+    AlreadyEnrolledError,
+    EnrollmentRejectedError,
+    InvalidTokenError,
+    enroll,
+)
 from qflare.node.runner import NodeRunner, RunReport
 from qflare.node.session import (
     NodeFatalError,
@@ -37,9 +42,11 @@ __all__ = [
     "ConflictError",
     "ConstantTrainer",
     "DeviceRecord",
+    "EnrollmentRejectedError",
     "ForbiddenError",
     "HttpApi",
     "InsecureKeyFileError",
+    "InvalidTokenError",
     "MalformedResponseError",
     "NetworkError",
     "NodeFatalError",

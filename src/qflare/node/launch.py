@@ -159,6 +159,7 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
     stop = stop_event or threading.Event()
     state = NodeState.open(options.state_dir)
     device = state.require_device()
+    state.authority()  # a node enrolled before enrollment authorities is told to re-enroll
     trainer = build_trainer(options)
 
     def sleep(seconds: float) -> None:

@@ -5,7 +5,8 @@ Layout (the directory itself is created 0700)::
     identity.key   identity signature key seed          0600, never leaves the device
     kem.key        hybrid ML-KEM-768 + X25519 key seeds  0600, never leaves the device
     node.json      signature scheme of the identity key
-    device.json    device id, server URL, pinned server key (after enrollment)
+    device.json    device id, server URL, pinned server key, pinned authority key and the
+                   device certificate the authority issued (after enrollment)
     rounds.json    (session, round) pairs already used: a restarted node never reuses one
     ca.pem         optional copy of the CA certificate given at enrollment
 
@@ -35,6 +36,7 @@ from qflare.crypto import (
     Signer,
     X25519KeyPair,
 )
+from qflare.protocol.identity import AuthorityKey, IdentityError, decode_authority_key
 from qflare.protocol.secagg import RoundRegistry
 
 __all__ = [
@@ -63,26 +65,35 @@ class InsecureKeyFileError(StateError, PermissionError):
     """A key file is readable by the group or others, or owned by another user."""
 
 
+_HEX_FIELDS = ("server_public_key", "authority", "certificate")
+
+
 @dataclass(frozen=True)
 class DeviceRecord:
     """What enrollment established (public information only).
 
     Attributes:
-        device_id: Id the server assigned.
+        device_id: Id the authority assigned.
         server_url: Base URL of the server.
         server_public_key: The server's identity key, pinned for every handshake.
         server_scheme: Signature scheme of the server's identity key.
+        authority: The enrollment authority's encoded public key, pinned: every peer's
+            certificate must verify against it (empty: enrolled before authorities existed).
+        certificate: This device's certificate from the authority (empty: ditto).
     """
 
     device_id: str
     server_url: str
     server_public_key: bytes
     server_scheme: str
+    authority: bytes = b""
+    certificate: bytes = b""
 
     def to_json(self) -> str:
-        """JSON text with the key in hex."""
+        """JSON text with the keys and the certificate in hex."""
         data = asdict(self)
-        data["server_public_key"] = self.server_public_key.hex()
+        for name in _HEX_FIELDS:
+            data[name] = getattr(self, name).hex()
         return json.dumps(data, indent=2)
 
     @classmethod
@@ -99,6 +110,8 @@ class DeviceRecord:
                 server_url=str(data["server_url"]),
                 server_public_key=bytes.fromhex(data["server_public_key"]),
                 server_scheme=str(data["server_scheme"]),
+                authority=bytes.fromhex(data.get("authority", "")),
+                certificate=bytes.fromhex(data.get("certificate", "")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"{DEVICE_FILE} is malformed") from exc
@@ -280,6 +293,39 @@ class NodeState:
         if device is None:
             raise StateError(f"{self.root} is not enrolled: run `qflare node enroll` first")
         return device
+
+    def _legacy(self) -> StateError:
+        return StateError(
+            f"{self.root} was enrolled before enrollment authorities: it pins no authority key "
+            "and holds no device certificate, so peers cannot verify it. Enroll it again with a "
+            f"token from `qflare authority token create` (qflare node enroll --state-dir "
+            f"{self.root} --token ...); its keys are kept"
+        )
+
+    def authority(self) -> AuthorityKey:
+        """The pinned enrollment authority key.
+
+        Raises:
+            StateError: not enrolled, enrolled before authorities (re-enroll), or malformed.
+        """
+        device = self.require_device()
+        if not device.authority or not device.certificate:
+            raise self._legacy()
+        try:
+            return decode_authority_key(device.authority)
+        except IdentityError as exc:
+            raise StateError(f"{self.root / DEVICE_FILE}: {exc}") from exc
+
+    def certificate(self) -> bytes:
+        """This device's certificate from the authority.
+
+        Raises:
+            StateError: not enrolled, or enrolled before authorities (re-enroll).
+        """
+        device = self.require_device()
+        if not device.authority or not device.certificate:
+            raise self._legacy()
+        return device.certificate
 
     def save_device(self, record: DeviceRecord) -> None:
         """Store the enrollment record."""

@@ -1,16 +1,30 @@
-"""What travels between ``qflare node`` and ``qflare server`` around the protocol messages.
+"""What travels between ``qflare node``, ``qflare server`` and ``qflare authority``.
 
-Shared by both sides (neither imports the other). All frames are canonical msgpack.
+Shared by all sides (none imports another). All frames are canonical msgpack.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import msgspec
 
+from qflare.crypto.pq import (
+    ED25519_PUBLIC_BYTES,
+    MLDSA65_PUBLIC_BYTES,
+    MLKEM768_PUBLIC_BYTES,
+    SignatureScheme,
+)
 from qflare.protocol.chronos.messages import EpochConfig, Mode
-from qflare.protocol.identity import EndorsedKey
+from qflare.protocol.identity import (
+    AuthorityKey,
+    EndorsedKey,
+    IdentityError,
+    TokenClaims,
+    decode_claims,
+    verify_token,
+)
 from qflare.protocol.messages import PROTOCOL_VERSION, RoundConfig, decode_as, encode
 
 __all__ = [
@@ -21,11 +35,15 @@ __all__ = [
     "ChronosTask",
     "EnrollRequest",
     "EnrollResponse",
+    "EnrollmentRefusedError",
+    "IssuedCertificate",
     "Notice",
     "RoundStart",
     "SealedFrame",
     "SignedResult",
     "Task",
+    "check_device_keys",
+    "check_token",
     "decode_as",
     "decode_notice",
     "result_transcript",
@@ -35,22 +53,145 @@ UPDATE_CONTEXT = b"qflare/wire/v1/update"
 
 
 class EnrollRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``POST /v1/enroll``: a one-time token and the device's public keys."""
+    """``POST /v1/enroll`` (node -> server) and ``POST /v1/certificates`` (server -> authority).
+
+    The node sends the signed half of its enrollment token and a proof that it holds the token's
+    secret, computed over its own public keys (:func:`qflare.protocol.identity.enrollment_proof`).
+    The secret itself never leaves the node, so whoever relays this request cannot turn it into
+    an enrollment of other keys.
+
+    Attributes:
+        claims: The token's encoded :class:`~qflare.protocol.identity.TokenClaims`.
+        signature: The authority's signature over ``claims``.
+        proof: HMAC under the token secret over the claims, the scheme and both public keys.
+        scheme: The device's identity signature scheme.
+        identity_pk: The device's identity public key.
+        kem_pk: The device's long-term hybrid KEM public key (ML-KEM-768 + X25519).
+        version: Wire version.
+    """
 
     version: int = PROTOCOL_VERSION
-    token: str
+    claims: bytes
+    signature: bytes
+    proof: bytes
+    scheme: str = "mldsa65"
     identity_pk: bytes
     kem_pk: bytes
-    scheme: str = "mldsa65"
 
 
-class EnrollResponse(msgspec.Struct, frozen=True, kw_only=True):
-    """The device's id and the server's identity key (to pin)."""
+class IssuedCertificate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The authority's answer to an :class:`EnrollRequest` (authority -> server).
+
+    Attributes:
+        device_id: The device id the authority assigned.
+        client_index: The device's client index in protocol rounds.
+        certificate: The signed device certificate.
+        authority: The authority's encoded public key.
+        version: Wire version.
+    """
 
     version: int = PROTOCOL_VERSION
     device_id: str
+    client_index: int
+    certificate: bytes
+    authority: bytes
+
+
+class EnrollResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """What an enrolled node keeps: its id, its certificate, the keys it pins.
+
+    Attributes:
+        device_id: The device id.
+        client_index: The device's client index in protocol rounds.
+        certificate: The device certificate signed by the authority.
+        authority: The authority's encoded public key (its fingerprint is in the token).
+        server_public_key: The server's identity key (pinned for every handshake).
+        server_scheme: Scheme of ``server_public_key``.
+        version: Wire version.
+    """
+
+    version: int = PROTOCOL_VERSION
+    device_id: str
+    client_index: int
+    certificate: bytes
+    authority: bytes
     server_public_key: bytes
     server_scheme: str
+
+
+class EnrollmentRefusedError(Exception):
+    """An enrollment was refused, with the same status and code from the server or the authority.
+
+    Args:
+        status: HTTP status (401 unknown or forged token, 403 revoked, 409 used, 410 expired...).
+        code: Stable machine-readable code (``token_used``, ``bad_proof``...).
+        detail: Human-readable explanation.
+    """
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+IDENTITY_PUBLIC_BYTES = {
+    SignatureScheme.MLDSA65: MLDSA65_PUBLIC_BYTES,
+    SignatureScheme.ED25519: ED25519_PUBLIC_BYTES,
+    SignatureScheme.HYBRID: MLDSA65_PUBLIC_BYTES + ED25519_PUBLIC_BYTES,
+}
+KEM_PUBLIC_BYTES = MLKEM768_PUBLIC_BYTES + 32
+
+
+def check_token(
+    claims: bytes, signature: bytes, authority: AuthorityKey, now: float
+) -> TokenClaims:
+    """Check a token's signed claims against the pinned authority key and its expiry.
+
+    The server runs this before it bothers the authority; the authority runs it again.
+
+    Raises:
+        EnrollmentRefusedError: 400 ``bad_token`` (malformed, non-finite expiry), 401
+            ``wrong_authority`` (another authority's token), 401 ``token_forged`` (the signature
+            does not verify), 410 ``token_expired``.
+    """
+    try:
+        decoded = decode_claims(claims)
+    except IdentityError as exc:
+        raise EnrollmentRefusedError(400, "bad_token", str(exc)) from None
+    if not hmac.compare_digest(decoded.authority, authority.fingerprint):
+        raise EnrollmentRefusedError(
+            401, "wrong_authority", "the token was issued by another enrollment authority"
+        )
+    try:
+        verify_token(claims, signature, authority)
+    except IdentityError:
+        raise EnrollmentRefusedError(
+            401, "token_forged", "the token's signature does not verify against the authority key"
+        ) from None
+    if not decoded.expires_at > now:
+        raise EnrollmentRefusedError(410, "token_expired", "this enrollment token has expired")
+    return decoded
+
+
+def check_device_keys(scheme: str, identity_pk: bytes, kem_pk: bytes) -> None:
+    """Check the shape of a device's public keys.
+
+    Raises:
+        EnrollmentRefusedError: 400 ``wrong_scheme``, ``bad_identity_key`` or ``bad_kem_key``.
+    """
+    try:
+        known = SignatureScheme(scheme)
+    except ValueError:
+        raise EnrollmentRefusedError(
+            400, "wrong_scheme", f"unknown signature scheme {scheme[:20]!r}"
+        ) from None
+    if len(identity_pk) != IDENTITY_PUBLIC_BYTES[known]:
+        raise EnrollmentRefusedError(
+            400, "bad_identity_key", "identity public key has the wrong length"
+        )
+    if len(kem_pk) != KEM_PUBLIC_BYTES:
+        raise EnrollmentRefusedError(
+            400, "bad_kem_key", "KEM public key must be ML-KEM-768 + X25519 (1216 bytes)"
+        )
 
 
 class SealedFrame(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -14,6 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from qflare import __version__
 from qflare.crypto import Rng, SystemRng
 from qflare.ledger import Ledger
+from qflare.protocol.identity import AuthorityKey
+from qflare.server.authority_client import (
+    AuthorityClient,
+    HttpAuthorityClient,
+    load_authority_key,
+)
 from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.context import ServerContext
 from qflare.server.coordinator import Coordinator
@@ -31,8 +37,38 @@ log = logging.getLogger("qflare.server")
 TICK_S = 0.1
 
 
-def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng) -> ServerContext:
-    """Open the database (migrating it), load keys, recover any open round."""
+def _authority(
+    settings: ServerSettings, injected: AuthorityClient | None
+) -> tuple[AuthorityClient | None, AuthorityKey | None]:
+    """The enrollment authority's client and pinned key (``None``: enrollment disabled)."""
+    key = load_authority_key(settings.authority_key) if settings.authority_key else None
+    if injected is not None or settings.authority_url is None:
+        return injected, key
+    client = HttpAuthorityClient(
+        settings.authority_url, timeout_s=settings.authority_timeout_s, ca=settings.authority_ca
+    )
+    return client, key
+
+
+def build_context(
+    settings: ServerSettings,
+    clock: Callable[[], float],
+    rng: Rng,
+    authority: AuthorityClient | None = None,
+) -> ServerContext:
+    """Open the database (migrating it), load keys, recover any open round.
+
+    Args:
+        settings: Server settings.
+        clock: Time source.
+        rng: Randomness.
+        authority: The enrollment authority to relay to (default: over HTTP at
+            ``settings.authority_url``).
+
+    Raises:
+        ValueError: ``settings.authority_key`` is not an authority public key.
+    """
+    client, authority_key = _authority(settings, authority)
     engine = make_engine(settings.database_url)
     migrate(engine)
     factory = session_factory(engine)
@@ -57,6 +93,8 @@ def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng
         limiter=RateLimiter(settings.rate_per_ip),
         device_limiter=RateLimiter(settings.rate_per_device),
         long_polls=asyncio.Semaphore(settings.max_long_polls),
+        authority=client,
+        authority_key=authority_key,
     )
 
 
@@ -70,7 +108,11 @@ async def _ticker(ctx: ServerContext) -> None:
 
 
 def create_app(
-    settings: ServerSettings, *, clock: Callable[[], float] = time.time, rng: Rng | None = None
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    rng: Rng | None = None,
+    authority: AuthorityClient | None = None,
 ) -> FastAPI:
     """Build the QFLARE server application.
 
@@ -78,11 +120,13 @@ def create_app(
         settings: Server settings (built by the CLI from the environment / config file).
         clock: Time source (injectable for tests).
         rng: Randomness (the OS CSPRNG by default).
+        authority: Enrollment authority client (default: HTTP to ``settings.authority_url``;
+            tests inject one in-process).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings, clock, rng or SystemRng())
+        ctx = build_context(settings, clock, rng or SystemRng(), authority)
         app.state.ctx = ctx
         task = asyncio.create_task(_ticker(ctx))
         try:
@@ -92,6 +136,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             ctx.engine.dispose()
+            if ctx.authority is not authority and isinstance(ctx.authority, HttpAuthorityClient):
+                ctx.authority.close()
 
     app = FastAPI(
         title="QFLARE",

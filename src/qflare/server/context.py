@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto import MlDsa65Signer, Rng
 from qflare.ledger import Ledger
+from qflare.protocol.identity import AuthorityKey
+from qflare.server.authority_client import AuthorityClient
 from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.coordinator import Coordinator
 from qflare.server.limits import RateLimiter
@@ -21,7 +23,10 @@ from qflare.server.settings import ServerSettings
 
 @dataclass
 class ServerContext:
-    """Shared server state (one per app)."""
+    """Shared server state (one per app).
+
+    ``authority`` and ``authority_key`` are both set, or enrollment is disabled.
+    """
 
     settings: ServerSettings
     engine: Engine
@@ -36,3 +41,5 @@ class ServerContext:
     limiter: RateLimiter
     device_limiter: RateLimiter
     long_polls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1000))
+    authority: AuthorityClient | None = None
+    authority_key: AuthorityKey | None = None

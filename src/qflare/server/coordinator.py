@@ -225,7 +225,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
         self._live = self._build_live(
             cfg,
             {d.client_index: d.id for d in devices},
-            {d.client_index: (d.identity_pk, d.certificate) for d in devices},
+            {d.client_index: (d.identity_pk, d.certificate or b"") for d in devices},
             version,
             weights,
             now,
@@ -320,7 +320,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
             saved = repos.load_sum(db, row.id)
             devices = {int(i): d for i, d in json.loads(row.devices).items()}
             keys = {
-                i: (dev.identity_pk, dev.certificate)
+                i: (dev.identity_pk, dev.certificate or b"")
                 for i, d in devices.items()
                 if (dev := repos.get_device(db, d)) is not None
             }

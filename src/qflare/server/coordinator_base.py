@@ -101,7 +101,7 @@ class CoordinatorBase(Generic[L]):
         devices = [
             d
             for d in repos.active_devices(db)
-            if self._seen.get(d.id, -1.0) >= fresh and d.id not in banned
+            if self._seen.get(d.id, -1.0) >= fresh and d.id not in banned and d.certificate
         ]
         return devices[: self.settings.max_clients]
 

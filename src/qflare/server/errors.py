@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +16,13 @@ PROBLEM = "application/problem+json"
 log = logging.getLogger("qflare.server")
 
 
-def problem(status: int, title: str, detail: str, code: str | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     """A problem+json response."""
     body: dict[str, object] = {
         "type": "about:blank",
@@ -25,15 +32,18 @@ def problem(status: int, title: str, detail: str, code: str | None = None) -> JS
     }
     if code:
         body["code"] = code
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 class ApiError(Exception):
-    """An HTTP error with a stable machine-readable ``code``."""
+    """An HTTP error with a stable machine-readable ``code`` (and optional headers)."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
+        self.headers = dict(headers or {})
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -41,7 +51,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.status, exc.code.replace("_", " "), exc.detail, exc.code)
+        return problem(exc.status, exc.code.replace("_", " "), exc.detail, exc.code, exc.headers)
 
     @app.exception_handler(ProtocolError)
     async def _protocol(_: Request, exc: ProtocolError) -> JSONResponse:

@@ -57,6 +57,13 @@ class ServerSettings(BaseSettings):
         body_limit_enroll: Bytes allowed in an enrollment body.
         body_limit_session: Bytes allowed in a handshake body.
         body_limit_results: Bytes allowed in a result body.
+        authority_url: Base URL of the enrollment authority (``qflare authority serve``); the
+            server relays enrollments there. Without it (and ``authority_key``) enrollment is off.
+        authority_key: The authority's public key file (``authority.pub``), pinned: a token or
+            certificate it did not sign is refused. Never the authority's private key.
+        authority_ca: CA certificate (PEM) for an ``https://`` authority URL (system roots if
+            unset).
+        authority_timeout_s: How long to wait for the authority before answering 503.
     """
 
     model_config = SettingsConfigDict(env_prefix="QFLARE_", extra="ignore")
@@ -100,3 +107,7 @@ class ServerSettings(BaseSettings):
     body_limit_enroll: int = 16_384
     body_limit_session: int = 16_384
     body_limit_results: int = 64 * 1024 * 1024
+    authority_url: str | None = None
+    authority_key: Path | None = None
+    authority_ca: Path | None = None
+    authority_timeout_s: float = Field(default=10.0, gt=0)

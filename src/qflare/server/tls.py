@@ -29,6 +29,7 @@ from qflare.crypto.x509 import (
     make_ca,
 )
 from qflare.server.app import create_app
+from qflare.server.authority_client import load_authority_key
 from qflare.server.settings import ServerSettings
 
 MIN_SECURE_CLIENTS = 3  # with two clients, each learns the other's update from the sum
@@ -151,12 +152,27 @@ def _tls_problems(cert: Path, key: Path, now: dt.datetime) -> tuple[list[str], l
     return [], []
 
 
+def _authority_problems(settings: ServerSettings) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about the enrollment authority settings."""
+    url, key = settings.authority_url, settings.authority_key
+    if url is None and key is None:
+        return [], ["no enrollment authority (authority_url, authority_key): enrollment is off"]
+    if url is None or key is None:
+        return ["set both authority_url and authority_key (the authority's authority.pub)"], []
+    try:
+        load_authority_key(key)
+    except ValueError as exc:
+        return [str(exc)], []
+    return [], []
+
+
 def check_startup(settings: ServerSettings, now: dt.datetime | None = None) -> list[str]:
     """Refuse unsafe settings; return warnings about tolerated ones.
 
     Refused: no TLS certificate and key without ``insecure``; unreadable, world-readable or
     expired TLS files; plain HTTP on a non-loopback address or fewer than
-    :data:`MIN_SECURE_CLIENTS` clients per round, unless ``dev``.
+    :data:`MIN_SECURE_CLIENTS` clients per round, unless ``dev``; an authority URL without its
+    public key (or the reverse), or a key file that is not an authority public key.
 
     Raises:
         StartupRefused: with every reason found.
@@ -187,6 +203,9 @@ def check_startup(settings: ServerSettings, now: dt.datetime | None = None) -> l
             f"min_clients={settings.min_clients} lets a client learn another's update "
             f"from the sum; use at least {MIN_SECURE_CLIENTS} (--dev overrides)"
         )
+    errs, warns = _authority_problems(settings)
+    errors += errs
+    warnings += warns
     if settings.signature_scheme == SignatureScheme.ED25519:
         warnings.append("ed25519 identities are not post-quantum; prefer mldsa65 or hybrid")
     if errors:

@@ -1,7 +1,8 @@
 """Tables of the QFLARE server. Times are UNIX seconds (float); blobs are msgpack or raw bytes.
 
-No secret key material is stored here: enrollment tokens are kept as SHA-256 hashes, devices by
-their public keys, sessions only in server memory.
+No secret key material is stored here: devices by their public keys and the certificate the
+enrollment authority issued for them, sessions only in server memory. Enrollment tokens belong to
+the authority (its own database), not to the server.
 """
 
 from __future__ import annotations
@@ -14,23 +15,12 @@ class Base(DeclarativeBase):
     """Declarative base of all QFLARE tables."""
 
 
-class EnrollmentToken(Base):
-    """A single-use enrollment token (only its hash is stored)."""
-
-    __tablename__ = "enrollment_tokens"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
-    label: Mapped[str] = mapped_column(String(200), default="")
-    created_at: Mapped[float]
-    expires_at: Mapped[float]
-    used_at: Mapped[float | None] = mapped_column(default=None)
-    revoked_at: Mapped[float | None] = mapped_column(default=None)
-    device_id: Mapped[str | None] = mapped_column(String(32), default=None)
-
-
 class Device(Base):
-    """An enrolled edge device: public keys only."""
+    """An enrolled edge device: public keys and its certificate from the enrollment authority.
+
+    ``certificate`` is ``None`` only for devices enrolled before the authority existed; the
+    migration that introduced it revoked them.
+    """
 
     __tablename__ = "devices"
 
@@ -41,6 +31,7 @@ class Device(Base):
     scheme: Mapped[str] = mapped_column(String(16))
     enrolled_at: Mapped[float]
     revoked_at: Mapped[float | None] = mapped_column(default=None)
+    certificate: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     last_notice: Mapped[str | None] = mapped_column(String(300), default=None)
     last_notice_at: Mapped[float | None] = mapped_column(default=None)
 

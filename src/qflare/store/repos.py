@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -13,101 +11,51 @@ from sqlalchemy.orm import Session
 from qflare.store.models import (
     AuditRow,
     Device,
-    EnrollmentToken,
     ModelVersion,
     Round,
     RoundEvent,
     RoundSum,
 )
 
-TOKEN_PREFIX = "qft_"  # noqa: S105 - a public prefix, not a secret
-
-
-def hash_token(token: str) -> bytes:
-    """SHA-256 of a token: what the database keeps."""
-    return hashlib.sha256(token.encode()).digest()
-
-
-def new_token_text(raw: bytes) -> str:
-    """Printable single-use token from 32 random bytes."""
-    return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def create_token(
-    db: Session, *, token_id: str, token: str, label: str, now: float, ttl_s: float
-) -> EnrollmentToken:
-    """Store a new token (hashed)."""
-    row = EnrollmentToken(
-        id=token_id,
-        token_hash=hash_token(token),
-        label=label,
-        created_at=now,
-        expires_at=now + ttl_s,
-    )
-    db.add(row)
-    db.flush()
-    return row
-
-
-def consume_token(db: Session, token: str, device_id: str, now: float) -> bool:
-    """Mark a live token used by ``device_id`` in one conditional UPDATE; True iff this call won."""
-    stmt = (
-        update(EnrollmentToken)
-        .where(
-            EnrollmentToken.token_hash == hash_token(token),
-            EnrollmentToken.used_at.is_(None),
-            EnrollmentToken.revoked_at.is_(None),
-            EnrollmentToken.expires_at > now,
-        )
-        .values(used_at=now, device_id=device_id)
-        .execution_options(synchronize_session=False)
-    )
-    return db.execute(stmt).rowcount == 1  # type: ignore[attr-defined, no-any-return]
-
-
-def token_status(db: Session, token: str, now: float) -> str:
-    """Why a token cannot be used: ``unknown``, ``used``, ``revoked``, ``expired`` or ``live``."""
-    row = db.scalar(select(EnrollmentToken).where(EnrollmentToken.token_hash == hash_token(token)))
-    if row is None:
-        return "unknown"
-    if row.used_at is not None:
-        return "used"
-    if row.revoked_at is not None:
-        return "revoked"
-    return "expired" if row.expires_at <= now else "live"
-
-
-def list_tokens(db: Session) -> Sequence[EnrollmentToken]:
-    """All tokens, newest first."""
-    return db.scalars(select(EnrollmentToken).order_by(EnrollmentToken.created_at.desc())).all()
-
-
-def revoke_token(db: Session, token_id: str, now: float) -> bool:
-    """Revoke an unused token; True if one was revoked."""
-    stmt = (
-        update(EnrollmentToken)
-        .where(
-            EnrollmentToken.id == token_id,
-            EnrollmentToken.used_at.is_(None),
-            EnrollmentToken.revoked_at.is_(None),
-        )
-        .values(revoked_at=now)
-    )
-    return db.execute(stmt).rowcount == 1  # type: ignore[attr-defined, no-any-return]
-
 
 def add_device(
-    db: Session, *, device_id: str, identity_pk: bytes, kem_pk: bytes, scheme: str, now: float
+    db: Session,
+    *,
+    device_id: str,
+    identity_pk: bytes,
+    kem_pk: bytes,
+    scheme: str,
+    now: float,
+    client_index: int | None = None,
+    certificate: bytes | None = None,
 ) -> Device:
-    """Register a device; its client index is the next free integer."""
-    index = int(db.scalar(select(func.coalesce(func.max(Device.client_index), -1))) or 0) + 1
+    """Register a device.
+
+    Args:
+        db: Session (inside the caller's transaction).
+        device_id: Device id.
+        identity_pk: Identity public key.
+        kem_pk: Long-term KEM public key.
+        scheme: Identity scheme.
+        now: Enrollment time.
+        client_index: The index its certificate names (``None``: the next free one, for
+            simulations and benchmarks without an authority).
+        certificate: Its certificate from the enrollment authority.
+
+    Raises:
+        sqlalchemy.exc.IntegrityError: the id or the client index is taken (at flush).
+    """
+    if client_index is None:
+        top = db.scalar(select(func.coalesce(func.max(Device.client_index), -1)))
+        client_index = int(top if top is not None else -1) + 1
     row = Device(
         id=device_id,
-        client_index=index,
+        client_index=client_index,
         identity_pk=identity_pk,
         kem_pk=kem_pk,
         scheme=scheme,
         enrolled_at=now,
+        certificate=certificate,
     )
     db.add(row)
     db.flush()
