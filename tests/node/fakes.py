@@ -10,13 +10,24 @@ import numpy as np
 from qflare.crypto import DeterministicRng, SignatureScheme, verify_signature
 from qflare.node import DeviceRecord, NodeState
 from qflare.protocol import messages as m
+from qflare.protocol.identity import encode_authority_key
 from qflare.protocol.secagg import SecAggServer, State
-from qflare.protocol.wire import UPDATE_CONTEXT, RoundStart, SignedResult, Task, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    RoundStart,
+    SignedResult,
+    Task,
+    decode_notice,
+    result_transcript,
+)
+from qflare.sim.identities import SimAuthority
 
 SERVER_KEY = b"\x01" * 32
+AUTHORITY = SimAuthority(DeterministicRng(b"node tests authority"))
 
 
-def make_state(root: Path, device_id: str, seed: int = 0) -> NodeState:
+def make_state(root: Path, device_id: str, seed: int = 0, index: int | None = None) -> NodeState:
+    """An enrolled node state: client ``index`` (default ``seed``), certified by AUTHORITY."""
     state = NodeState.create(root, SignatureScheme.ED25519, DeterministicRng(seed + 1))
     state.save_device(
         DeviceRecord(
@@ -24,6 +35,8 @@ def make_state(root: Path, device_id: str, seed: int = 0) -> NodeState:
             server_url="http://127.0.0.1:9",
             server_public_key=SERVER_KEY,
             server_scheme="ed25519",
+            authority=encode_authority_key(AUTHORITY.key),
+            certificate=AUTHORITY.certify(seed if index is None else index, state.signer()),
         )
     )
     return state
@@ -54,9 +67,12 @@ class FakeHub:
             k=n,
             t=self.t or n,
             dim=self.dim + 1,
-            graph_seed=b"0123456789abcdef",
             signature_scheme="ed25519",
         )
+        self.certificates = {
+            i: AUTHORITY.certify_key(i, SignatureScheme.ED25519, pk)
+            for i, pk in self.identities.items()
+        }
         self.machine = SecAggServer(self.cfg, self.identities)
         if self.weights.size == 0:
             self.weights = np.linspace(-1, 1, self.dim, dtype=np.float32)
@@ -65,7 +81,7 @@ class FakeHub:
         return RoundStart(
             config=self.cfg,
             client_index=index,
-            identities=self.identities,
+            certificates=self.certificates,
             model_version=0,
             weights=self.weights.tobytes(),
             clip=self.clip,
@@ -90,6 +106,7 @@ class FakeHub:
 
     def submit(self, result: SignedResult) -> None:
         index = self.devices[result.device_id]
+        self.notices = getattr(self, "notices", [])
         transcript = result_transcript(
             result.device_id, result.round_id, result.step, result.message
         )
@@ -101,6 +118,11 @@ class FakeHub:
             context=UPDATE_CONTEXT,
         )
         assert result.step == self.step and result.round_id == self.round_id
+        notice = decode_notice(result.message)
+        if notice is not None:  # the node declined: the coordinator stops waiting for it
+            self.notices.append((index, notice))
+            self.machine.drop(index)
+            return
         msg = m.decode_client(result.message)
         assert msg.sender == index
         self.machine.handle(msg)

@@ -29,13 +29,15 @@ from qflare.protocol.quantize import QuantConfig, dequantize
 from qflare.protocol.wire import SignedResult, Task
 from qflare.server.chronos_coordinator import RESTART_ABORT
 from qflare.store.db import make_engine, session_factory
-from qflare.store.models import ModelVersion, Round
+from qflare.store.models import Device, ModelVersion, Round
+from qflare.tee import SimulatedRootCa
 
 from .conftest import LiveServer, start_server, stop_server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 N, DIM = 4, 1000
+MAKER = SimulatedRootCa.generate(DeterministicRng(b"simulated TEE maker"))
 Wrap = Callable[[int, NodeSession], TaskTransport]
 
 
@@ -48,6 +50,7 @@ def _server(tmp_path: Path, mode: str, port: int = 0, **overrides: object) -> Li
         "chronos_rounds_per_epoch": 2,
         "max_rounds": 2,
         "step_timeout_s": 6.0,
+        "chronos_keystores": "software",
     }
     values.update(overrides)
     return start_server(tmp_path, port, None, **values)
@@ -68,7 +71,7 @@ def _run_epoch(
     states: list[NodeState],
     trainers: list[ConstantTrainer],
     wrap: Wrap = lambda _i, s: s,
-    enclave: bool = False,
+    enclave: SimulatedRootCa | bool | Callable[[int], SimulatedRootCa | bool] = False,
     rounds: int = 2,
 ) -> list[RunReport]:
     """Run the nodes until the server closed ``rounds`` rounds; return their reports."""
@@ -91,7 +94,13 @@ def _run_epoch(
             policy=RetryPolicy(initial_s=0.05, max_delay_s=0.5),
             stop_event=stop,
         )
-        keystores = EnclaveKeystores(state.root / "enclave") if enclave else None
+        mine = enclave(i) if callable(enclave) else enclave
+        maker = mine if isinstance(mine, SimulatedRootCa) else None
+        keystores = (
+            EnclaveKeystores(state.root / "enclave", state.authority(), provisioner=maker)
+            if mine
+            else None
+        )
         runner = NodeRunner(
             state,
             wrap(i, session),
@@ -202,17 +211,54 @@ def test_a_node_dropping_in_round_two_leaves_the_survivors_exact_sum(
         stop_server(live)
 
 
-def test_enclave_backed_nodes_run_a_chronos_dm_round(tmp_path: Path) -> None:
-    live = _server(tmp_path, "chronos-dm", chronos_rounds_per_epoch=1, max_rounds=1)
+def _attested_server(tmp_path: Path, *, allow_simulated: bool) -> LiveServer:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    root_cert = tmp_path / "tee-root.cert"
+    root_cert.write_bytes(MAKER.certificate)
+    return _server(
+        tmp_path,
+        "chronos-dm",
+        chronos_rounds_per_epoch=1,
+        max_rounds=1,
+        chronos_keystores="enclave",
+        attestation_roots=[root_cert],
+        attestation_allow_simulated=allow_simulated,
+    )
+
+
+def test_attested_enclave_nodes_run_a_chronos_dm_round(tmp_path: Path) -> None:
+    live = _attested_server(tmp_path, allow_simulated=True)
     try:
         states = [_enroll(live, tmp_path / f"node{i}") for i in range(N)]
         trainers = [ConstantTrainer(seed=90 + i, weight=4) for i in range(N)]
-        _run_epoch(live, states, trainers, enclave=True, rounds=1)
+        _run_epoch(live, states, trainers, enclave=MAKER, rounds=1)
         (row,) = _rounds(live)
         _check_round(live, row.id, trainers)
         assert all((s.root / "enclave" / "chronos-sealed.bin").exists() for s in states)
     finally:
         stop_server(live)
+
+
+def test_unattested_or_simulated_keystores_are_not_admitted(tmp_path: Path) -> None:
+    """An enclave server refuses software keystores, and simulated evidence unless allowed."""
+    live = _attested_server(tmp_path / "strict", allow_simulated=False)
+    try:
+        states = [_enroll(live, tmp_path / f"node{i}") for i in range(N)]
+        trainers = [ConstantTrainer(seed=95 + i, weight=4) for i in range(N)]
+        _run_epoch(live, states, trainers, enclave=lambda i: MAKER if i < 3 else False, rounds=1)
+        notices = _notices(live)
+        assert "attestation refused" in notices[states[0].require_device().device_id]
+        assert "simulated" in notices[states[0].require_device().device_id]
+        assert "only attested enclave" in notices[states[3].require_device().device_id]
+        assert not [r for r in _rounds(live) if r.state == "COMPLETED"]
+    finally:
+        stop_server(live)
+
+
+def _notices(live: LiveServer) -> dict[str, str]:
+    factory = session_factory(make_engine(live.settings.database_url))
+    with factory() as db:
+        return {d.id: d.last_notice or "" for d in db.scalars(select(Device)).all()}
 
 
 def test_a_restart_aborts_the_interrupted_epoch_with_a_reason(tmp_path: Path) -> None:

@@ -122,7 +122,10 @@ def test_tasks_of_unknown_rounds_and_stale_steps_are_ignored(tmp_path):
 
 @pytest.mark.parametrize(
     "message",
-    [b"not msgpack", m.encode(m.ShareRelay(round_id=1, recipient=0, ciphertexts={}))],
+    [
+        b"not msgpack",
+        m.encode(m.ShareRelay(round_id=1, recipient=0, ciphertexts={}, commitments={})),
+    ],
 )
 def test_garbage_or_unexpected_server_message_drops_the_round(tmp_path, message, caplog):
     hub, _, _, _, runners = _cohort(tmp_path)
@@ -148,12 +151,27 @@ class _WrongShape:
         return np.zeros(weights.size + 1, dtype=np.float32), 1
 
 
+class _NotFinite:
+    def train(self, weights, round_id):
+        return np.full(weights.size, np.nan, dtype=np.float32), 1
+
+
 class _TooHeavy:
     def train(self, weights, round_id):
         return np.zeros(weights.size, dtype=np.float32), 10**9
 
 
-@pytest.mark.parametrize("trainer", [_WrongShape(), _TooHeavy()])
+def test_a_weight_above_the_cohorts_share_of_the_headroom_is_capped(tmp_path):
+    """Each weight alone fitting is not enough: the sum must fit, so each is capped at W // n."""
+    hub, states, _, transports, runners = _cohort(tmp_path)
+    runners[0] = NodeRunner(states[0], transports[0], _TooHeavy(), DeterministicRng(77))
+    _drive(hub, runners)
+    assert hub.machine.state is State.COMPLETED
+    _, weight = dequantize(hub.machine.result, QuantConfig(1.0, 32, hub.max_total_weight))
+    assert weight == hub.max_total_weight // N + 4 + 5  # capped, plus the others' weights 4 and 5
+
+
+@pytest.mark.parametrize("trainer", [_WrongShape(), _NotFinite()])
 def test_bad_local_update_drops_without_claiming_the_round(tmp_path, trainer):
     hub, states, _, transports, _ = _cohort(tmp_path)
     runner = NodeRunner(states[0], transports[0], trainer, DeterministicRng(1))
