@@ -14,11 +14,13 @@ from qflare.server.coordinator import Coordinator
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
 from qflare.sim.device import SimDevice
+from qflare.sim.identities import SimAuthority
 from qflare.store import repos
 from qflare.store.db import make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
 
 N = 4
+AUTHORITY = SimAuthority(DeterministicRng(b"coordinator tests authority"))
 
 
 class Clock:
@@ -61,7 +63,14 @@ class Node(SimDevice):
         self.index = index
         self.delta: np.ndarray | None = None
         signer = Ed25519Signer(SecretBytes(bytes([index + 1]) * 32))
-        super().__init__(device_id, signer, self._train, DeterministicRng(100 + index))
+        super().__init__(
+            device_id,
+            signer,
+            self._train,
+            DeterministicRng(100 + index),
+            AUTHORITY.key,
+            AUTHORITY.cache,
+        )
 
     def _train(self, weights: np.ndarray, round_id: int) -> tuple[np.ndarray, int]:
         self.delta = (
@@ -85,6 +94,8 @@ def _enroll(coord: Coordinator) -> list[Node]:
                 kem_pk=b"k",
                 scheme="ed25519",
                 now=0,
+                client_index=i,
+                certificate=AUTHORITY.certify(i, node.signer),
             )
             nodes.append(node)
     for node in nodes:
@@ -168,7 +179,7 @@ def test_classic_secagg_uses_the_complete_graph(tmp_path):
     clock = Clock()
     coord = _server(f"sqlite:///{tmp_path}/db.sqlite", tmp_path, clock)
     coord.settings = coord.settings.model_copy(update={"k": None, "t": None, "protocol": "secagg"})
-    assert coord._graph_params(7) == (7, 4)
+    assert coord.graph_params(7) == (7, 4)
     coord.settings = coord.settings.model_copy(update={"protocol": "secagg+"})
-    k, t = coord._graph_params(200)
+    k, t = coord.graph_params(200)
     assert k < 200 and 2 * t > k

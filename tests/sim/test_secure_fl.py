@@ -32,7 +32,9 @@ def test_secure_aggregate_with_dropouts_covers_exactly_the_survivors():
     agg = SecAggAggregator(dropout=0.3, scheme="ed25519", seed=2)
     res = agg.aggregate(3, updates)
     dropped_before_input = {
-        u for u, s in agg.last_dropouts.items() if s.value in ("R1_SHARE_KEYS", "R2_MASKED_INPUT")
+        u
+        for u, s in agg.last_dropouts.items()
+        if s.value in ("R0_REVEAL_SEED", "R1_SHARE_KEYS", "R2_MASKED_INPUT")
     }
     survivors = [u for u in updates if u not in dropped_before_input]
     expected = weighted_sum({u: updates[u] for u in survivors})
