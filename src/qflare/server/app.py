@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -21,9 +22,10 @@ from qflare.server.errors import install_error_handlers
 from qflare.server.identity import load_or_create_identity
 from qflare.server.limits import RateLimiter
 from qflare.server.model import ModelStore
-from qflare.server.routes import enroll, info, sessions, tasks
+from qflare.server.routes import enroll, info, ledger, sessions, tasks
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
+from qflare.server.witnesses import Cosigner, load_endpoints
 from qflare.store.db import make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
 
@@ -31,13 +33,28 @@ log = logging.getLogger("qflare.server")
 TICK_S = 0.1
 
 
-def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng) -> ServerContext:
+def build_context(
+    settings: ServerSettings,
+    clock: Callable[[], float],
+    rng: Rng,
+    witness_transport: httpx.AsyncBaseTransport | None = None,
+) -> ServerContext:
     """Open the database (migrating it), load keys, recover any open round."""
     engine = make_engine(settings.database_url)
     migrate(engine)
     factory = session_factory(engine)
     identity = load_or_create_identity(settings.state_dir, rng)
     ledger = Ledger(SqlLedgerStore(factory))
+    cosigner = Cosigner(
+        ledger,
+        identity,
+        load_endpoints(settings),
+        clock,
+        settings.state_dir,
+        quorum=settings.witness_quorum,
+        timeout_s=settings.witness_timeout_s,
+        transport=witness_transport,
+    )
     models = ModelStore(factory, settings.dataset, settings.model)
     models.ensure_initial(clock())
     driver = ChronosCoordinator if settings.protocol.startswith("chronos") else Coordinator
@@ -51,6 +68,7 @@ def build_context(settings: ServerSettings, clock: Callable[[], float], rng: Rng
         sessions=SessionTable(settings.max_sessions),
         coordinator=coordinator,
         ledger=ledger,
+        cosigner=cosigner,
         models=models,
         clock=clock,
         rng=rng,
@@ -70,7 +88,11 @@ async def _ticker(ctx: ServerContext) -> None:
 
 
 def create_app(
-    settings: ServerSettings, *, clock: Callable[[], float] = time.time, rng: Rng | None = None
+    settings: ServerSettings,
+    *,
+    clock: Callable[[], float] = time.time,
+    rng: Rng | None = None,
+    witness_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the QFLARE server application.
 
@@ -78,19 +100,24 @@ def create_app(
         settings: Server settings (built by the CLI from the environment / config file).
         clock: Time source (injectable for tests).
         rng: Randomness (the OS CSPRNG by default).
+        witness_transport: How the server reaches its ledger witnesses (tests; default: network).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings, clock, rng or SystemRng())
+        ctx = build_context(settings, clock, rng or SystemRng(), witness_transport)
         app.state.ctx = ctx
-        task = asyncio.create_task(_ticker(ctx))
+        tasks = [asyncio.create_task(_ticker(ctx))]
+        if ctx.cosigner.enabled:
+            tasks.append(asyncio.create_task(ctx.cosigner.run(settings.witness_interval_s)))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             ctx.engine.dispose()
 
     app = FastAPI(
@@ -99,7 +126,7 @@ def create_app(
         lifespan=lifespan,
         summary="Secure federated learning server",
     )
-    for router in (enroll.router, sessions.router, tasks.router, info.router):
+    for router in (enroll.router, sessions.router, tasks.router, info.router, ledger.router):
         app.include_router(router)
     install_error_handlers(app)
     return app

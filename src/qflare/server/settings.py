@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,11 @@ class ServerSettings(BaseSettings):
         body_limit_enroll: Bytes allowed in an enrollment body.
         body_limit_session: Bytes allowed in a handshake body.
         body_limit_results: Bytes allowed in a result body.
+        witness_urls: Base URLs of the ledger witnesses (none: heads are signed, not cosigned).
+        witness_keys: Their public key files (``qflare witness init``), in the same order.
+        witness_quorum: Cosignatures a head needs before it is served (default: every witness).
+        witness_timeout_s: Timeout of one request to a witness.
+        witness_interval_s: How often the server looks for ledger growth to get cosigned.
     """
 
     model_config = SettingsConfigDict(env_prefix="QFLARE_", extra="ignore")
@@ -82,3 +87,20 @@ class ServerSettings(BaseSettings):
     body_limit_enroll: int = 16_384
     body_limit_session: int = 16_384
     body_limit_results: int = 64 * 1024 * 1024
+    witness_urls: list[str] = Field(default_factory=list)
+    witness_keys: list[Path] = Field(default_factory=list)
+    witness_quorum: int | None = None
+    witness_timeout_s: float = Field(default=5.0, gt=0)
+    witness_interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_witnesses(self) -> ServerSettings:
+        if len(self.witness_urls) != len(self.witness_keys):
+            raise ValueError(
+                f"{len(self.witness_urls)} witness_urls but {len(self.witness_keys)} "
+                "witness_keys: give one public key file per witness, in the same order"
+            )
+        quorum = self.witness_quorum
+        if quorum is not None and not 1 <= quorum <= len(self.witness_urls):
+            raise ValueError(f"witness_quorum must lie in 1..{len(self.witness_urls)}")
+        return self
