@@ -161,6 +161,8 @@ def _ledger_check(
 ) -> Callable[[], bool] | None:
     """The ledger watch's check when witnesses are configured (see :mod:`.ledger_watch`)."""
     if not options.witness_keys:
+        if options.witness_quorum is not None:
+            raise ValueError("--witness-quorum needs --witness-key")
         return None
     if device.server_scheme != SignatureScheme.MLDSA65:
         raise ValueError("watching the ledger needs an ML-DSA-65 server key")

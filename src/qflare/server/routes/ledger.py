@@ -9,7 +9,9 @@
 * ``GET /v1/ledger/consistency?first=&second=``: the RFC 6962 proof that the tree of ``second``
   entries extends the tree of ``first``.
 
-Ranges are checked against the ledger's size: a bad one is a 400 ``bad_range``, never a 500.
+Each request first picks up entries other processes appended (the operator CLI writes to the
+same table). Ranges are checked against the ledger's size: a bad one is a 400 ``bad_range``,
+never a 500.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from qflare.ledger.wire import (
     hex_view,
     prefers_msgpack,
 )
+from qflare.server.context import ServerContext
 from qflare.server.errors import ApiError
 from qflare.server.routes.deps import CtxDep
 
@@ -43,6 +46,15 @@ def _wants_msgpack(request: Request) -> bool:
     return prefers_msgpack(request.headers.get("accept"))
 
 
+def _synced_size(ctx: ServerContext) -> int:
+    """The ledger's size after reading what other writers appended."""
+    try:
+        ctx.ledger.sync()
+    except LedgerTampered as exc:
+        raise ApiError(503, "ledger_tampered", str(exc)) from exc
+    return ctx.ledger.size
+
+
 def _msgpack(obj: msgspec.Struct) -> Response:
     return Response(msgspec.msgpack.encode(obj), media_type=MSGPACK)
 
@@ -50,6 +62,7 @@ def _msgpack(obj: msgspec.Struct) -> Response:
 @router.get("/head", response_class=Response, responses=_BINARY)
 def ledger_head(request: Request, ctx: CtxDep) -> Response:
     """The latest cosigned tree head of the audit ledger and the ledger key."""
+    _synced_size(ctx)
     reply = HeadReply(head=ctx.cosigner.current(), server_public_key=ctx.identity.public_key)
     return _msgpack(reply) if _wants_msgpack(request) else JSONResponse(head_view(reply))
 
@@ -59,7 +72,7 @@ def ledger_entries(
     request: Request, ctx: CtxDep, start: Index = 0, end: OptionalIndex = None
 ) -> Response:
     """Canonical bytes of entries ``start <= index < end`` (``end``: at most a page further)."""
-    size = ctx.ledger.size
+    size = _synced_size(ctx)
     stop = min(start + MAX_PAGE, size) if end is None else end
     if not start <= stop <= size:
         raise ApiError(400, "bad_range", f"need 0 <= start <= end <= {size}, got [{start}, {stop})")
@@ -76,7 +89,7 @@ def ledger_entries(
 @router.get("/consistency", response_class=Response, responses=_BINARY)
 def ledger_consistency(request: Request, ctx: CtxDep, first: Index, second: Index) -> Response:
     """Proof that the tree of ``second`` entries is an append-only extension of ``first``."""
-    size = ctx.ledger.size
+    size = _synced_size(ctx)
     if not first <= second <= size:
         raise ApiError(
             400, "bad_range", f"need 0 <= first <= second <= {size}, got ({first}, {second})"
