@@ -1,4 +1,4 @@
-"""Real processes: ``qflare witness serve`` ×2 beside ``qflare server``; ``qflare ledger verify``."""
+"""Real processes: two `qflare witness serve` beside `qflare server`; `qflare ledger verify`."""
 
 from __future__ import annotations
 

@@ -37,9 +37,12 @@ def test_first_head_then_growth(signer, witnesses, keys):
     assert tracker.proof_range(second) == (5, 9)
     assert tracker.accept(second, ledger.consistency_proof(5, 9)) is True
     assert tracker.held is second
-    again = cosigned(ledger, signer, witnesses[:2], state_size=9)  # same size, refreshed
-    assert tracker.accept(again) is False
-    assert tracker.held is again
+    same = cosigned(ledger, signer, witnesses[:2], state_size=9)  # same size, same time
+    assert tracker.accept(same) is False
+    assert tracker.held is second
+    newer = cosigned(ledger, signer, witnesses[:2], state_size=9, now=1_001.0)
+    assert tracker.accept(newer) is False
+    assert tracker.held is newer
 
 
 def test_a_rewritten_history_is_a_fork(signer, witnesses, keys):

@@ -22,9 +22,11 @@ def request(ledger, signer, old_size, now=NOW):
     return CosignRequest(sth=sth, proof=ledger.consistency_proof(old_size, sth.tree_size))
 
 
-def cosigned(ledger, signer, witnesses, state_size=0):
-    """A head of ``ledger`` cosigned by every witness (each fresh, or at ``state_size``)."""
-    req = request(ledger, signer, state_size)
+def cosigned(ledger, signer, witnesses, state_size=0, now=NOW):
+    """A head of ``ledger`` signed at ``now``, cosigned by every witness (each fresh, or at
+    ``state_size``).
+    """
+    req = request(ledger, signer, state_size, now)
     cosigs = []
     for w in witnesses:
         state = WitnessState.initial(signer.public_key)

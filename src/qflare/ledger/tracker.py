@@ -77,7 +77,8 @@ class HeadTracker:
             proof: The consistency proof for :meth:`proof_range` (``None`` when it needs none).
 
         Returns:
-            Whether the held head grew (``False`` for a refreshed head of the same size).
+            Whether the held head grew (``False`` for a head of the same size, which replaces
+            the held one only if it is newer).
 
         Raises:
             InvalidTreeHead: the head is not signed by the ledger key.
@@ -98,8 +99,8 @@ class HeadTracker:
                 )
         verify_cosigned_head(head, self._keys, self._quorum, self._server_key)
         grew = held is None or head.sth.tree_size > held.sth.tree_size
-        if grew or held is None or head.sth.timestamp >= held.sth.timestamp:
-            self._held = head
+        if grew or (held is not None and head.sth.timestamp > held.sth.timestamp):
+            self._held = head  # a refreshed head of the same size replaces an older one
         return grew
 
     def _check_consistent(

@@ -209,6 +209,8 @@ def witness_cosign(
     if not math.isfinite(now):
         raise ValueError("the witness clock must be finite")
     sth, proof = request.sth, request.proof
+    if request.version != COSIGNATURE_VERSION:
+        raise WitnessRefused(RefusalCode.BAD_HEAD, f"unsupported request version {request.version}")
     try:
         verify_tree_head(sth, server_key, scheme=LEDGER_SCHEME)
     except InvalidTreeHead as exc:
