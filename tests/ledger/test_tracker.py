@@ -13,7 +13,7 @@ from qflare.ledger import (
     StaleTreeHead,
 )
 from tests.ledger.test_audit import history
-from tests.ledger.witness_helpers import cosigned, rewritten
+from tests.ledger.witness_helpers import NOW, cosigned, rewritten
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def test_first_head_then_growth(signer, witnesses, keys):
     same = cosigned(ledger, signer, witnesses[:2], state_size=9)  # same size, same time
     assert tracker.accept(same) is False
     assert tracker.held is second
-    newer = cosigned(ledger, signer, witnesses[:2], state_size=9, now=1_001.0)
+    newer = cosigned(ledger, signer, witnesses[:2], state_size=9, now=NOW + 1)
     assert tracker.accept(newer) is False
     assert tracker.held is newer
 

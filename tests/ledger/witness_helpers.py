@@ -13,7 +13,7 @@ from qflare.ledger import (
 )
 from tests.ledger.test_audit import rechain
 
-NOW = 1_000.0
+NOW = 1_000_000.0
 
 
 def request(ledger, signer, old_size, now=NOW):

@@ -45,6 +45,9 @@ LEDGER_SCHEME: Final = SignatureScheme.MLDSA65
 """Scheme of the server's ledger key and of every witness key."""
 MAX_FUTURE_S: Final = 300.0
 """How far ahead of the witness's clock a head's timestamp may be."""
+MAX_AGE_S: Final = 3600.0
+"""How old a head may be: servers sign the head they send, so an old one is a replay or a broken
+clock."""
 
 _ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 
@@ -182,12 +185,14 @@ def witness_cosign(
     now: float,
     *,
     max_future_s: float = MAX_FUTURE_S,
+    max_age_s: float = MAX_AGE_S,
 ) -> tuple[Cosignature, WitnessState]:
     """The witness's decision: cosign ``request.sth`` and advance, or refuse.
 
-    The head must be signed by the pinned ledger key, not lie in the future nor before the last
-    cosigned head, not be smaller than it, and come with a consistency proof from exactly the
-    last cosigned ``(size, root)`` (an equal size must mean an equal root).
+    The head must be signed by the pinned ledger key, be dated neither in the future, nor long
+    ago, nor before the last cosigned head, not be smaller than it, and come with a consistency
+    proof from exactly the last cosigned ``(size, root)`` (an equal size must mean an equal
+    root).
 
     Args:
         state: The witness's current state.
@@ -196,6 +201,7 @@ def witness_cosign(
         request: The head and the proof.
         now: The witness's clock.
         max_future_s: Tolerated clock skew of the server.
+        max_age_s: Oldest head accepted.
 
     Returns:
         The cosignature and the state to persist *before* handing the cosignature out.
@@ -211,11 +217,11 @@ def witness_cosign(
     sth, proof = request.sth, request.proof
     if request.version != COSIGNATURE_VERSION:
         raise WitnessRefused(RefusalCode.BAD_HEAD, f"unsupported request version {request.version}")
+    _check_time(state, sth, now, max_future_s, max_age_s)
     try:
         verify_tree_head(sth, server_key, scheme=LEDGER_SCHEME)
     except InvalidTreeHead as exc:
         raise WitnessRefused(RefusalCode.BAD_HEAD, str(exc)) from exc
-    _check_time(state, sth, now, max_future_s)
     _check_extends(state, sth, proof)
     cosig = sign_cosignature(signer, state.origin, sth.tree_size, sth.root_hash, now)
     new_state = msgspec.structs.replace(
@@ -224,7 +230,17 @@ def witness_cosign(
     return cosig, new_state
 
 
-def _check_time(state: WitnessState, sth: SignedTreeHead, now: float, max_future_s: float) -> None:
+def _check_time(
+    state: WitnessState, sth: SignedTreeHead, now: float, max_future_s: float, max_age_s: float
+) -> None:
+    if not math.isfinite(sth.timestamp):
+        raise WitnessRefused(RefusalCode.BAD_TIMESTAMP, "head timestamp is not a finite number")
+    if sth.timestamp < now - max_age_s:
+        raise WitnessRefused(
+            RefusalCode.BAD_TIMESTAMP,
+            f"head is dated {now - sth.timestamp:.0f} s ago (at most {max_age_s:.0f}): "
+            "a replayed head or a broken clock",
+        )
     if sth.timestamp > now + max_future_s:
         raise WitnessRefused(
             RefusalCode.BAD_TIMESTAMP,
