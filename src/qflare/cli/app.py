@@ -14,9 +14,11 @@ from qflare.bench.report import render
 from qflare.cli.authority_cmds import authority_app
 from qflare.cli.bench_chronos import register as register_bench_chronos
 from qflare.cli.bench_server import register as register_bench_server
+from qflare.cli.ledger_cmds import ledger_app
 from qflare.cli.node_cmds import node_app
 from qflare.cli.server_cmds import register as register_server_commands
 from qflare.cli.settings import PROTOCOLS, Settings
+from qflare.cli.witness_cmds import witness_app
 from qflare.protocol.errors import ProtocolError
 from qflare.protocol.graph import find_params
 
@@ -34,6 +36,8 @@ register_bench_chronos(bench_app)
 register_server_commands(app)
 app.add_typer(node_app, name="node")
 app.add_typer(authority_app, name="authority")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(witness_app, name="witness")
 _STAGES = ["R0_ADVERTISE_KEYS", "R1_SHARE_KEYS", "R2_MASKED_INPUT", "R3_CONSISTENCY", "R4_UNMASK"]
 
 

@@ -4,7 +4,9 @@ Used by ``qflare demo`` and by the multi-process integration tests. Everything g
 real command line (``qflare authority init|serve|token create``, ``qflare certs init``, ``qflare
 server``, ``qflare node enroll``, ``qflare node run``), so what runs here is exactly what an
 operator runs. The enrollment authority is its own process with its own directory: the server
-gets only ``authority.pub`` and the authority's URL.
+gets only ``authority.pub`` and the authority's URL. With ``witnesses=W`` it also runs W ledger
+witnesses (``qflare ledger server-key``, ``qflare witness init``, ``qflare witness serve``) that
+the server and the nodes use with a quorum of all W.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class LocalFederation:
         workdir: Holds the server's database, keys, TLS files and each node's state.
         settings: Server settings written to ``server.json`` (``qflare server --config``).
         port: Server port (a free one by default).
+        witnesses: Ledger witness processes to run beside the server (0: none).
     """
 
     workdir: Path
@@ -47,6 +50,9 @@ class LocalFederation:
     authority: subprocess.Popen[bytes] | None = None
     server: subprocess.Popen[bytes] | None = None
     nodes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    witnesses: int = 0
+    witness_ports: list[int] = field(default_factory=list)
+    witness_procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -92,7 +98,8 @@ class LocalFederation:
             "authority_url": f"http://127.0.0.1:{self.authority_port}",
             "authority_key": str(self.authority_dir / "authority.pub"),
         }
-        self.config.write_text(json.dumps({**base, **self.settings}, indent=2))
+        witnesses = self._witness_settings() if self.witnesses else {}
+        self.config.write_text(json.dumps({**base, **witnesses, **self.settings}, indent=2))
         self._run("certs", "init", "--config", str(self.config), "--hosts", "localhost,127.0.0.1")
 
     def start_authority(self) -> None:
@@ -207,9 +214,83 @@ class LocalFederation:
             self.server.wait(timeout=30)
             self.server = None
 
+    # ---- ledger witnesses ----------------------------------------------------------------------
+
+    def witness_key(self, index: int) -> Path:
+        """Public key file of witness ``index``."""
+        return self.workdir / f"witness{index}" / "witness.pub"
+
+    def witness_args(self, quorum_option: str = "--witness-quorum") -> list[str]:
+        """Options trusting every witness, with a quorum of all of them (none without witnesses).
+
+        Args:
+            quorum_option: ``--witness-quorum`` (``qflare node run``) or ``--quorum``
+                (``qflare ledger verify``).
+        """
+        args = []
+        for i in range(self.witnesses):
+            args += ["--witness-key", str(self.witness_key(i))]
+        return [*args, quorum_option, str(self.witnesses)] if self.witnesses else []
+
+    def _witness_settings(self) -> dict[str, Any]:
+        self.witness_ports = [free_port() for _ in range(self.witnesses)]
+        return {
+            "witness_urls": [f"http://127.0.0.1:{p}" for p in self.witness_ports],
+            "witness_keys": [str(self.witness_key(i)) for i in range(self.witnesses)],
+            "witness_quorum": self.witnesses,
+            "witness_interval_s": 0.5,
+        }
+
+    def start_witnesses(self) -> None:
+        """Make the witnesses' keys, pin the server's ledger key, start them (before the server)."""
+        server_key = self.workdir / "server" / "ledger-key.pub"
+        self._run("ledger", "server-key", "--config", str(self.config), "--out", str(server_key))
+        for i, port in enumerate(self.witness_ports):
+            directory = self.witness_key(i).parent
+            if not directory.exists():
+                self._run("witness", "init", "--dir", str(directory))
+            log = open(self.workdir / f"witness{i}.log", "ab")  # noqa: SIM115 - owned by the child
+            cmd = self._qflare(
+                "witness", "serve", "--dir", str(directory), "--server-key", str(server_key)
+            )
+            proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=log, stderr=log)  # noqa: S603
+            self.witness_procs.append(proc)
+        for port in self.witness_ports:
+            self._wait_http(f"http://127.0.0.1:{port}/v1/health", "a witness", 60)
+
+    def _wait_http(self, url: str, what: str, timeout_s: float) -> None:
+        end = time.time() + timeout_s
+        while time.time() < end:
+            if any(p.poll() is not None for p in self.witness_procs):
+                raise RuntimeError(f"{what} exited; see {self.workdir}/witness*.log")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError(f"{what} did not become ready")
+
+    def cosigned_head(self, timeout_s: float = 20) -> dict[str, Any]:
+        """``GET /v1/ledger/head`` once the witnesses have cosigned every entry the server holds."""
+        end = time.time() + timeout_s
+        while True:
+            head: dict[str, Any] = httpx.get(
+                f"{self.url}/v1/ledger/head", verify=self._tls(), timeout=10
+            ).json()
+            size = httpx.get(
+                f"{self.url}/v1/ledger/entries",
+                params={"start": head["tree_size"]},
+                verify=self._tls(),
+                timeout=10,
+            ).json()["tree_size"]
+            done = len(head["cosignatures"]) >= self.witnesses and head["tree_size"] == size
+            if done or time.time() > end:
+                return head
+            time.sleep(0.3)
+
     def stop(self) -> None:
-        """Stop every child: nodes first (SIGTERM, then SIGKILL), then the server, the authority."""
-        servers = [p for p in (self.server, self.authority) if p is not None]
+        """Stop every child: nodes, then the server, the witnesses and the authority."""
+        servers = [p for p in (self.server, *self.witness_procs, self.authority) if p is not None]
         for proc in [*self.nodes.values(), *servers]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -33,6 +33,7 @@ class DemoPlan:
     rounds: int = 5
     workdir: Path = Path("out/demo")
     scheme: str = "mldsa65"
+    witnesses: int = 2
 
 
 class Evaluator:
@@ -67,6 +68,12 @@ def _start(console: Console, fed: LocalFederation, plan: DemoPlan) -> None:
         "keeps offline[/] (the trust root: it signs every token and device certificate); the "
         "server gets only authority.pub"
     )
+    if fed.witnesses:
+        fed.start_witnesses()
+        console.print(
+            f"{fed.witnesses} ledger witnesses up (ports {', '.join(map(str, fed.witness_ports))}):"
+            " each cosigns a tree head only if it extends the last one it cosigned"
+        )
     fed.start_server()
     console.print(f"server up at {fed.url} (SQLite: {fed.workdir / 'server' / 'qflare.sqlite'})")
     with console.status(
@@ -87,7 +94,8 @@ def _start(console: Console, fed: LocalFederation, plan: DemoPlan) -> None:
             "--shards",
             str(plan.nodes),
         )
-        fed.start_node(i, *args, "--max-rounds", str(plan.rounds), "--poll-wait", "2")
+        rounds = ("--max-rounds", str(plan.rounds), "--poll-wait", "2")
+        fed.start_node(i, *args, *rounds, *fed.witness_args())
 
 
 def _watch(
@@ -137,17 +145,41 @@ def _report(console: Console, fed: LocalFederation, rows: list[dict[str, Any]]) 
             str(r["round"]), str(r["model_version"]), f"{r['accuracy']:.4f}", f"{r['loss']:.4f}"
         )
     console.print(table)
-    head = httpx.get(f"{fed.url}/v1/ledger/head", verify=fed._tls(), timeout=10).json()
+    head = _ledger_report(console, fed) if fed.witnesses else _signed_head(console, fed)
     metrics = fed.workdir / "metrics.json"
     metrics.write_text(
         json.dumps({"rounds": rows, "ledger_head": head, "server_rounds": fed.rounds()}, indent=2)
     )
     plot = _plot(fed.workdir / "accuracy.png", rows)
     console.print(f"metrics: {metrics}\nplot:    {plot}")
+    console.print(f"logs:    {fed.workdir}/server.log, {fed.workdir}/node*.log, witness*.log")
+
+
+def _signed_head(console: Console, fed: LocalFederation) -> dict[str, Any]:
+    head: dict[str, Any] = httpx.get(
+        f"{fed.url}/v1/ledger/head", verify=fed._tls(), timeout=10
+    ).json()
     console.print(
-        f"audit ledger: {head['tree_size']} entries, signed tree head root {head['root_hash'][:16]}… (ML-DSA-65); rows in table audit_entries"
+        f"audit ledger: {head['tree_size']} entries, signed tree head root "
+        f"{head['root_hash'][:16]}… (ML-DSA-65); rows in table audit_entries"
     )
-    console.print(f"logs:    {fed.workdir}/server.log, {fed.workdir}/node*.log")
+    return head
+
+
+def _ledger_report(console: Console, fed: LocalFederation) -> dict[str, Any]:
+    """Show the cosigned head, then audit the server from the outside as anyone could."""
+    head = fed.cosigned_head()
+    witnesses = ", ".join(c["witness"][:12] + "…" for c in head["cosignatures"])
+    console.print(
+        f"audit ledger: {head['tree_size']} entries, root {head['root_hash'][:16]}…, signed by the "
+        f"server (ML-DSA-65) and cosigned by {len(head['cosignatures'])} of {fed.witnesses} "
+        f"witnesses ({witnesses}); rows in table audit_entries"
+    )
+    args = ["ledger", "verify", "--server", fed.url, "--ca", str(fed.ca)]
+    args += fed.witness_args("--quorum")
+    console.print(f"$ qflare {' '.join(args)}")
+    console.print(fed._run(*args).rstrip())
+    return head
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -193,7 +225,7 @@ def run_network_demo(console: Console, plan: DemoPlan) -> list[dict[str, Any]]:
     }
     plan.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(plan.workdir) / time.strftime("run-%Y%m%d-%H%M%S")
-    with LocalFederation(workdir, settings) as fed:
+    with LocalFederation(workdir, settings, witnesses=plan.witnesses) as fed:
         _start(console, fed, plan)
         evaluator = Evaluator(workdir / "server" / "qflare.sqlite")
         rows = _watch(console, fed, plan, evaluator)

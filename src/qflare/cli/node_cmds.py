@@ -142,6 +142,18 @@ def run_cmd(
             "--enclave", help="Keep CHRONOS secrets in a simulated enclave (under --state-dir)."
         ),
     ] = False,
+    witness_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Key file of a ledger witness to trust (repeat): check the server's audit "
+            "ledger at every round start and stop if its history forked.",
+        ),
+    ] = None,
+    witness_quorum: Annotated[
+        int | None, typer.Option(min=1, help="Cosignatures a ledger head needs (default: all).")
+    ] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done."""
@@ -170,6 +182,8 @@ def run_cmd(
         seed=seed,
         poll_wait=poll_wait,
         enclave=enclave,
+        witness_keys=tuple(witness_key or ()),
+        witness_quorum=witness_quorum,
     )
     stop = threading.Event()
     _install_stop_handlers(stop)

@@ -10,12 +10,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qflare.crypto import DeterministicRng, Rng, SignatureScheme, SystemRng
 from qflare.node.chronos import EnclaveKeystores
 from qflare.node.enroll import enroll
+from qflare.node.ledger_watch import LedgerWatch, WitnessConfig
 from qflare.node.runner import NodeRunner, RunReport
 from qflare.node.session import NodeSession, RetryPolicy
 from qflare.node.state import DeviceRecord, NodeState
@@ -98,6 +100,9 @@ class RunOptions:
         poll_wait: Long-poll duration in seconds.
         policy: Reconnection backoff.
         enclave: Keep CHRONOS secrets in a simulated enclave (state under ``state_dir``).
+        witness_keys: Public key files of the ledger witnesses this node trusts (none: the
+            node does not watch the audit ledger).
+        witness_quorum: Cosignatures a ledger head needs (default: all of ``witness_keys``).
     """
 
     state_dir: Path = DEFAULT_STATE_DIR
@@ -110,6 +115,8 @@ class RunOptions:
     poll_wait: float = 10.0
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     enclave: bool = False
+    witness_keys: tuple[Path, ...] = ()
+    witness_quorum: int | None = None
 
 
 def enroll_node(options: EnrollOptions) -> DeviceRecord:
@@ -147,6 +154,20 @@ def protocol_rng(seed: int | None) -> Rng:
         "--seed makes masks and secrets predictable: for tests only", extra={"seed_set": True}
     )
     return DeterministicRng(seed)
+
+
+def _ledger_check(
+    options: RunOptions, state: NodeState, device: DeviceRecord, api: HttpApi
+) -> Callable[[], bool] | None:
+    """The ledger watch's check when witnesses are configured (see :mod:`.ledger_watch`)."""
+    if not options.witness_keys:
+        if options.witness_quorum is not None:
+            raise ValueError("--witness-quorum needs --witness-key")
+        return None
+    if device.server_scheme != SignatureScheme.MLDSA65:
+        raise ValueError("watching the ledger needs an ML-DSA-65 server key")
+    config = WitnessConfig.from_files(options.witness_keys, options.witness_quorum)
+    return LedgerWatch.open(state.root, api, device.server_public_key, config).check
 
 
 def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> RunReport:
@@ -190,6 +211,7 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
         sleep,
         poll_wait=options.poll_wait,
         keystores=EnclaveKeystores(state.root / "enclave") if options.enclave else None,
+        ledger_check=_ledger_check(options, state, device, api),
     )
     try:
         return runner.run(options.max_rounds, stop)

@@ -109,6 +109,9 @@ class NodeRunner:
         pause_s: Pause after an error or a task that this node cannot answer.
         keystores: Where CHRONOS epoch secrets live (default: software keystores in process).
         policy: What round parameters this node accepts.
+        ledger_check: Called at every round start before anything is computed (e.g.
+            :meth:`~qflare.node.ledger_watch.LedgerWatch.check`); raises ``NodeFatalError`` to
+            stop the node.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class NodeRunner:
         pause_s: float = 1.0,
         keystores: KeystoreProvider | None = None,
         policy: ClientPolicy | None = None,
+        ledger_check: Callable[[], object] | None = None,
     ) -> None:
         self.device_id = state.require_device().device_id
         self._signer: Signer = state.signer()
@@ -134,6 +138,7 @@ class NodeRunner:
         self._transport, self._trainer, self._rng = transport, trainer, rng
         self._clock, self._sleep = clock, sleep
         self.poll_wait, self.pause_s = poll_wait, pause_s
+        self._ledger_check = ledger_check
         self._round: _Round | None = None
         self._prg: MaskPrg | None = None
         self.report = RunReport()
@@ -180,6 +185,8 @@ class NodeRunner:
         task = self._transport.poll(self.poll_wait)
         if task is None:
             return False
+        if task.step == 0 and self._ledger_check is not None:
+            self._ledger_check()  # a forked ledger stops the node before it takes part
         result = self.handle(task)
         if result is None:
             self._sleep(self.pause_s)  # the server keeps serving it until the step's deadline

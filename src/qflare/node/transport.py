@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from qflare.ledger.merkle import ConsistencyProof
+from qflare.ledger.wire import EntryPage, HeadReply
 from qflare.protocol.session import ClientFinished, ClientHello, ServerHello
 from qflare.protocol.wire import EnrollRequest, EnrollResponse, SealedFrame
 
@@ -236,7 +238,25 @@ class HttpApi:
             raise MalformedResponseError("health is not a JSON object")
         return body
 
+    def ledger_head(self) -> HeadReply:
+        """``GET /v1/ledger/head``: the latest cosigned head of the audit ledger."""
+        return self._get("/v1/ledger/head", HeadReply)
+
+    def ledger_consistency(self, first: int, second: int) -> ConsistencyProof:
+        """``GET /v1/ledger/consistency``: proof that tree ``second`` extends tree ``first``."""
+        params = {"first": first, "second": second}
+        return self._get("/v1/ledger/consistency", ConsistencyProof, params)
+
+    def ledger_entries(self, start: int, end: int) -> EntryPage:
+        """``GET /v1/ledger/entries``: canonical entry bytes ``[start, end)`` (one page)."""
+        return self._get("/v1/ledger/entries", EntryPage, {"start": start, "end": end})
+
     # ---- plumbing -------------------------------------------------------------------------------
+
+    def _get(self, path: str, kind: type[T], params: dict[str, int] | None = None) -> T:
+        response = self._send("GET", path, params=params)
+        _expect(response, 200)
+        return _decode(response, kind)
 
     def _post(self, path: str, body: bytes, *, expect: int) -> httpx.Response:
         response = self._send("POST", path, content=body, headers={"Content-Type": MSGPACK})

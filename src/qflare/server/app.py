@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
+import httpx
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
@@ -27,9 +28,10 @@ from qflare.server.errors import install_error_handlers
 from qflare.server.identity import load_or_create_identity
 from qflare.server.limits import RateLimiter
 from qflare.server.model import ModelStore
-from qflare.server.routes import enroll, info, sessions, tasks
+from qflare.server.routes import enroll, info, ledger, sessions, tasks
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
+from qflare.server.witnesses import Cosigner, load_endpoints
 from qflare.store.db import make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
 
@@ -55,6 +57,7 @@ def build_context(
     clock: Callable[[], float],
     rng: Rng,
     authority: AuthorityClient | None = None,
+    witness_transport: httpx.AsyncBaseTransport | None = None,
 ) -> ServerContext:
     """Open the database (migrating it), load keys, recover any open round.
 
@@ -64,6 +67,7 @@ def build_context(
         rng: Randomness.
         authority: The enrollment authority to relay to (default: over HTTP at
             ``settings.authority_url``).
+        witness_transport: How the server reaches its ledger witnesses (tests; default: network).
 
     Raises:
         ValueError: ``settings.authority_key`` is not an authority public key.
@@ -74,6 +78,16 @@ def build_context(
     factory = session_factory(engine)
     identity = load_or_create_identity(settings.state_dir, rng)
     ledger = Ledger(SqlLedgerStore(factory))
+    cosigner = Cosigner(
+        ledger,
+        identity,
+        load_endpoints(settings),
+        clock,
+        settings.state_dir,
+        quorum=settings.witness_quorum,
+        timeout_s=settings.witness_timeout_s,
+        transport=witness_transport,
+    )
     models = ModelStore(factory, settings.dataset, settings.model)
     models.ensure_initial(clock())
     driver = ChronosCoordinator if settings.protocol.startswith("chronos") else Coordinator
@@ -87,6 +101,7 @@ def build_context(
         sessions=SessionTable(settings.max_sessions),
         coordinator=coordinator,
         ledger=ledger,
+        cosigner=cosigner,
         models=models,
         clock=clock,
         rng=rng,
@@ -113,6 +128,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     rng: Rng | None = None,
     authority: AuthorityClient | None = None,
+    witness_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the QFLARE server application.
 
@@ -122,19 +138,24 @@ def create_app(
         rng: Randomness (the OS CSPRNG by default).
         authority: Enrollment authority client (default: HTTP to ``settings.authority_url``;
             tests inject one in-process).
+        witness_transport: How the server reaches its ledger witnesses (tests; default: network).
     """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings, clock, rng or SystemRng(), authority)
+        ctx = build_context(settings, clock, rng or SystemRng(), authority, witness_transport)
         app.state.ctx = ctx
-        task = asyncio.create_task(_ticker(ctx))
+        tasks = [asyncio.create_task(_ticker(ctx))]
+        if ctx.cosigner.enabled:
+            tasks.append(asyncio.create_task(ctx.cosigner.run(settings.witness_interval_s)))
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             ctx.engine.dispose()
             if ctx.authority is not authority and isinstance(ctx.authority, HttpAuthorityClient):
                 ctx.authority.close()
@@ -145,7 +166,7 @@ def create_app(
         lifespan=lifespan,
         summary="Secure federated learning server",
     )
-    for router in (enroll.router, sessions.router, tasks.router, info.router):
+    for router in (enroll.router, sessions.router, tasks.router, info.router, ledger.router):
         app.include_router(router)
     install_error_handlers(app)
     return app

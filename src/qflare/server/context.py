@@ -19,6 +19,7 @@ from qflare.server.limits import RateLimiter
 from qflare.server.model import ModelStore
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
+from qflare.server.witnesses import Cosigner
 
 
 @dataclass
@@ -35,6 +36,7 @@ class ServerContext:
     sessions: SessionTable
     coordinator: Coordinator | ChronosCoordinator
     ledger: Ledger
+    cosigner: Cosigner
     models: ModelStore
     clock: Callable[[], float]
     rng: Rng

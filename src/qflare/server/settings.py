@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,6 +64,11 @@ class ServerSettings(BaseSettings):
         authority_ca: CA certificate (PEM) for an ``https://`` authority URL (system roots if
             unset).
         authority_timeout_s: How long to wait for the authority before answering 503.
+        witness_urls: Base URLs of the ledger witnesses (none: heads are signed, not cosigned).
+        witness_keys: Their public key files (``qflare witness init``), in the same order.
+        witness_quorum: Cosignatures a head needs before it is served (default: every witness).
+        witness_timeout_s: Timeout of one request to a witness.
+        witness_interval_s: How often the server looks for ledger growth to get cosigned.
     """
 
     model_config = SettingsConfigDict(env_prefix="QFLARE_", extra="ignore")
@@ -111,3 +116,20 @@ class ServerSettings(BaseSettings):
     authority_key: Path | None = None
     authority_ca: Path | None = None
     authority_timeout_s: float = Field(default=10.0, gt=0)
+    witness_urls: list[str] = Field(default_factory=list)
+    witness_keys: list[Path] = Field(default_factory=list)
+    witness_quorum: int | None = None
+    witness_timeout_s: float = Field(default=5.0, gt=0)
+    witness_interval_s: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_witnesses(self) -> ServerSettings:
+        if len(self.witness_urls) != len(self.witness_keys):
+            raise ValueError(
+                f"{len(self.witness_urls)} witness_urls but {len(self.witness_keys)} "
+                "witness_keys: give one public key file per witness, in the same order"
+            )
+        quorum = self.witness_quorum
+        if quorum is not None and not 1 <= quorum <= len(self.witness_urls):
+            raise ValueError(f"witness_quorum must lie in 1..{len(self.witness_urls)}")
+        return self

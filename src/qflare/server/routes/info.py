@@ -1,4 +1,4 @@
-"""Public read-only views: health, rounds, the model, the signed ledger head."""
+"""Public read-only views: health, rounds, the model (the ledger is in ``routes.ledger``)."""
 
 from __future__ import annotations
 
@@ -63,17 +63,4 @@ def model_info(ctx: CtxDep) -> dict[str, Any]:
         "version": version,
         "parameters": int(weights.size),
         "sha256": hashlib.sha256(weights.tobytes()).hexdigest(),
-    }
-
-
-@router.get("/ledger/head")
-def ledger_head(ctx: CtxDep) -> dict[str, Any]:
-    """A freshly signed tree head of the audit ledger."""
-    sth = ctx.ledger.head(ctx.identity, ctx.clock())
-    return {
-        "tree_size": sth.tree_size,
-        "root_hash": sth.root_hash.hex(),
-        "timestamp": sth.timestamp,
-        "signature": sth.signature.hex(),
-        "scheme": str(sth.scheme),
     }
