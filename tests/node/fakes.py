@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 from qflare.crypto import DeterministicRng, SignatureScheme, verify_signature
 from qflare.node import DeviceRecord, NodeState
 from qflare.protocol import messages as m
+from qflare.protocol.errors import ProtocolError
 from qflare.protocol.identity import encode_authority_key
 from qflare.protocol.secagg import SecAggServer, State
 from qflare.protocol.wire import (
@@ -122,6 +124,9 @@ class FakeHub:
         if notice is not None:  # the node declined: the coordinator stops waiting for it
             self.notices.append((index, notice))
             self.machine.drop(index)
+            if self.machine.ready():
+                with contextlib.suppress(ProtocolError):  # too few left: the round aborts
+                    self.advance()
             return
         msg = m.decode_client(result.message)
         assert msg.sender == index

@@ -18,6 +18,7 @@ from qflare.cli.ledger_cmds import ledger_app
 from qflare.cli.node_cmds import node_app
 from qflare.cli.server_cmds import register as register_server_commands
 from qflare.cli.settings import PROTOCOLS, Settings
+from qflare.cli.tee_cmds import tee_app
 from qflare.cli.witness_cmds import witness_app
 from qflare.protocol.errors import ProtocolError
 from qflare.protocol.graph import find_params
@@ -38,6 +39,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(authority_app, name="authority")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(witness_app, name="witness")
+app.add_typer(tee_app, name="tee")
 _STAGES = ["R0_ADVERTISE_KEYS", "R1_SHARE_KEYS", "R2_MASKED_INPUT", "R3_CONSISTENCY", "R4_UNMASK"]
 
 

@@ -27,6 +27,7 @@ from qflare.node.launch import (
     enroll_node,
     run_node,
 )
+from qflare.protocol.policy import ClientPolicy
 
 node_app = typer.Typer(
     help="Edge node: enroll once with a token, then take part in secure-aggregation rounds.",
@@ -154,6 +155,29 @@ def run_cmd(
     witness_quorum: Annotated[
         int | None, typer.Option(min=1, help="Cosignatures a ledger head needs (default: all).")
     ] = None,
+    corrupt_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.49,
+            help="Policy: fraction of a cohort assumed to collude with the server; rounds whose "
+            "k and t are weaker than the parameter finder's for it are declined.",
+        ),
+    ] = 0.05,
+    security_bits: Annotated[
+        int, typer.Option(min=1, max=128, help="Policy: accepted privacy failure 2^-bits.")
+    ] = 40,
+    min_cohort: Annotated[
+        int, typer.Option(min=2, help="Policy: fewest participants this node takes part with.")
+    ] = 3,
+    tee_maker: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            help="With --enclave: a SIMULATED TEE maker (qflare tee maker-init) that certifies "
+            "this device's enclave platform so that it can attest.",
+        ),
+    ] = None,
     log_level: LogLevel = "INFO",
 ) -> None:
     """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done."""
@@ -173,6 +197,10 @@ def run_cmd(
         )
     )
     options = RunOptions(
+        client_policy=ClientPolicy(
+            corrupt_fraction=corrupt_fraction, security_bits=security_bits, min_cohort=min_cohort
+        ),
+        tee_maker=tee_maker,
         state_dir=state_dir,
         ca=ca,
         insecure=insecure,

@@ -243,11 +243,23 @@ def server(
 
 @device_app.command("list")
 def device_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> None:
-    """List enrolled devices with their client index and certificate serial."""
+    """List enrolled devices: client index, certificate serial, and the latest notice.
+
+    A node that declines a round (its policy refuses the parameters, or a peer's identity does
+    not check out) or that leaves sends a signed notice; the last one is shown with its time.
+    """
     with _database(load_settings(config, database_url=database_url)) as factory, factory() as db:
         rows = repos.all_devices(db)
     table = Table(
-        "id", "index", "serial", "scheme", "key sha256", "enrolled", "status", title="devices"
+        "id",
+        "index",
+        "serial",
+        "scheme",
+        "key sha256",
+        "enrolled",
+        "status",
+        "last notice",
+        title="devices",
     )
     for row in rows:
         status = "active" if row.revoked_at is None else f"revoked {_when(row.revoked_at)}"
@@ -260,6 +272,7 @@ def device_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> N
             fingerprint,
             _when(row.enrolled_at),
             status,
+            f"{_when(row.last_notice_at)} {row.last_notice}" if row.last_notice else "",
         )
     _console().print(table)
 

@@ -23,6 +23,7 @@ from qflare.node.session import NodeSession, RetryPolicy
 from qflare.node.state import DeviceRecord, NodeState
 from qflare.node.trainer import TorchTrainer, Trainer, TrainingConfig, parse_trainer_spec
 from qflare.node.transport import HttpApi, Timeouts
+from qflare.protocol.policy import ClientPolicy
 
 __all__ = [
     "EnrollOptions",
@@ -103,6 +104,9 @@ class RunOptions:
         witness_keys: Public key files of the ledger witnesses this node trusts (none: the
             node does not watch the audit ledger).
         witness_quorum: Cosignatures a ledger head needs (default: all of ``witness_keys``).
+        client_policy: The round parameters this node accepts (its own security policy).
+        tee_maker: Directory of a *simulated* TEE manufacturer key (``qflare tee maker-init``)
+            that certifies this device's enclave platform on first use, so it can attest.
     """
 
     state_dir: Path = DEFAULT_STATE_DIR
@@ -117,6 +121,22 @@ class RunOptions:
     enclave: bool = False
     witness_keys: tuple[Path, ...] = ()
     witness_quorum: int | None = None
+    client_policy: ClientPolicy = field(default_factory=ClientPolicy)
+    tee_maker: Path | None = None
+
+
+def _keystores(options: RunOptions, state: NodeState) -> EnclaveKeystores | None:
+    """The simulated enclave keystore, provisioned with the pinned authority and the policy."""
+    if not options.enclave:
+        return None
+    maker = None
+    if options.tee_maker is not None:
+        from qflare.tee.maker import load_maker
+
+        maker = load_maker(options.tee_maker)
+    return EnclaveKeystores(
+        state.root / "enclave", state.authority(), options.client_policy, provisioner=maker
+    )
 
 
 def enroll_node(options: EnrollOptions) -> DeviceRecord:
@@ -210,7 +230,8 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
         time.time,
         sleep,
         poll_wait=options.poll_wait,
-        keystores=EnclaveKeystores(state.root / "enclave") if options.enclave else None,
+        keystores=_keystores(options, state),
+        policy=options.client_policy,
         ledger_check=_ledger_check(options, state, device, api),
     )
     try:
