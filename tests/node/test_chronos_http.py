@@ -31,6 +31,7 @@ from qflare.server.chronos_coordinator import RESTART_ABORT
 from qflare.store.db import make_engine, session_factory
 from qflare.store.models import Device, ModelVersion, Round
 from qflare.tee import SimulatedRootCa
+from tests.faults.helpers import assert_rounds_exact
 
 from .conftest import LiveServer, start_server, stop_server
 
@@ -164,6 +165,10 @@ def test_four_nodes_run_one_epoch_of_two_rounds_with_exact_sums(tmp_path: Path, 
         assert [r.state for r in rows] == ["COMPLETED", "COMPLETED"]
         for row in rows:
             _check_round(live, row.id, trainers)
+        by_device = {s.require_device().device_id: t for s, t in zip(states, trainers, strict=True)}
+        quant = QuantConfig(live.settings.clip, 32, live.settings.max_total_weight)
+        done = assert_rounds_exact(live.settings.database_url, by_device.__getitem__, quant, DIM)
+        assert done == [r.id for r in rows]
         assert [r.completed for r in reports] == [2] * N
         assert all(r.dropped == 0 for r in reports)
         factory = session_factory(make_engine(live.settings.database_url))

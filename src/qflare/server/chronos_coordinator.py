@@ -397,7 +397,8 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             row.state = "COMPLETED" if total is not None else "ABORTED"
             row.closed_at, row.abort_reason = now, abort
             conduct.set_culprits(db, live.round_id, machine.culprits)
-            if total is not None and decoded is not None:
+            if total is not None and decoded is not None and result is not None:
+                conduct.set_survivors(db, live.round_id, result.survivors)
                 row.result = total.tobytes()
                 weighted, weight = decoded
                 version = self._models.apply_fedavg(db, weighted, weight, live.round_id, now)

@@ -285,6 +285,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
             row.state, row.closed_at, row.abort_reason = state, now, abort
             conduct.set_culprits(db, live.round_id, live.machine.culprits)
             if result is not None and decoded is not None:
+                conduct.set_survivors(db, live.round_id, live.machine.survivors)
                 row.result = result.tobytes()
                 total, weight = decoded
                 version = self._models.apply_fedavg(db, total, weight, live.round_id, now)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from qflare.store.models import Device, Round
 
-__all__ = ["record_notice", "recent_culprits", "set_culprits"]
+__all__ = ["record_notice", "recent_culprits", "set_culprits", "set_survivors"]
 
 
 def record_notice(db: Session, device_id: str, text: str, now: float) -> None:
@@ -28,6 +28,13 @@ def set_culprits(db: Session, round_id: int, culprits: dict[int, str]) -> None:
     row = db.get(Round, round_id)
     if row is not None and culprits:
         row.culprits = json.dumps({str(k): v[:200] for k, v in sorted(culprits.items())})
+
+
+def set_survivors(db: Session, round_id: int, survivors: tuple[int, ...]) -> None:
+    """Record whose inputs are in a round's sum (client indices)."""
+    row = db.get(Round, round_id)
+    if row is not None:
+        row.survivors = json.dumps(sorted(survivors))
 
 
 def recent_culprits(db: Session, rounds: int) -> set[str]:

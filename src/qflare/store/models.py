@@ -52,6 +52,7 @@ class Round(Base):
     result: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
     abort_reason: Mapped[str | None] = mapped_column(String(200), default=None)
     culprits: Mapped[str | None] = mapped_column(String, default=None)  # JSON: index -> what
+    survivors: Mapped[str | None] = mapped_column(String, default=None)  # JSON: indices in sum
 
 
 class RoundEvent(Base):

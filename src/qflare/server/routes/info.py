@@ -26,6 +26,8 @@ def _round_view(row: Round) -> dict[str, Any]:
         "closed_at": row.closed_at,
         "abort_reason": row.abort_reason,
         "result_sha256": hashlib.sha256(row.result).hexdigest() if row.result is not None else None,
+        "survivors": json.loads(row.survivors) if row.survivors else None,
+        "culprits": json.loads(row.culprits) if row.culprits else None,
     }
 
 

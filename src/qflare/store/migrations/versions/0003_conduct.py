@@ -1,4 +1,4 @@
-"""Device conduct: the latest notice a device sent, and the culprits a round named.
+"""Device conduct and round outcome: a device's latest notice, a round's culprits and survivors.
 
 Revision ID: 0003
 Revises: 0002
@@ -14,17 +14,19 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Add ``devices.last_notice``, ``devices.last_notice_at`` and ``rounds.culprits``."""
+    """Add ``devices.last_notice(_at)``, ``rounds.culprits`` and ``rounds.survivors``."""
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.add_column(sa.Column("last_notice", sa.String(300), nullable=True))
         batch_op.add_column(sa.Column("last_notice_at", sa.Double(), nullable=True))
     with op.batch_alter_table("rounds", schema=None) as batch_op:
         batch_op.add_column(sa.Column("culprits", sa.String(), nullable=True))
+        batch_op.add_column(sa.Column("survivors", sa.String(), nullable=True))
 
 
 def downgrade() -> None:
     """Drop the conduct columns."""
     with op.batch_alter_table("rounds", schema=None) as batch_op:
+        batch_op.drop_column("survivors")
         batch_op.drop_column("culprits")
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.drop_column("last_notice_at")
