@@ -19,12 +19,14 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+from qflare.crypto import SignatureScheme, ring_dtype
 from qflare.protocol.errors import AbortReason, LocalProtocolError
 from qflare.protocol.graph import find_params, min_threshold
 
 __all__ = [
     "ClientPolicy",
     "check_round_params",
+    "config_is_well_formed",
     "cohort_large_enough",
     "params_meet_policy",
     "threshold_is_majority",
@@ -134,3 +136,39 @@ def check_round_params(n: int, k: int, t: int, policy: ClientPolicy, *, state: s
     cohort_large_enough(n, policy, state=state)
     threshold_is_majority(n, k, t, state=state)
     params_meet_policy(n, k, t, policy, state=state)
+
+
+def config_is_well_formed(
+    what: str,
+    participants: tuple[int, ...],
+    dim: int,
+    modulus_bits: int,
+    signature_scheme: str,
+    extra: list[tuple[bool, str]],
+    *,
+    state: str,
+) -> None:
+    """The checks every round or epoch configuration needs, then ``extra`` (problem, why) pairs.
+
+    Raises:
+        LocalProtocolError: ``PARAMS_REFUSED`` naming the first problem.
+    """
+    ids = participants
+    problems = [
+        (list(ids) != sorted(set(ids)) or any(u < 0 for u in ids), "participants unsorted"),
+        (dim < 1, "dim must be positive"),
+        (signature_scheme not in set(SignatureScheme), "unknown signature scheme"),
+        *extra,
+    ]
+    try:
+        ring_dtype(modulus_bits)
+    except ValueError as exc:
+        problems.append((True, str(exc)))
+    for bad, why in problems:
+        if bad:
+            raise LocalProtocolError(
+                f"unsound {what} configuration: {why}",
+                state=state,
+                reason=AbortReason.PARAMS_REFUSED,
+                http_status=409,
+            )

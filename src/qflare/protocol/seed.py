@@ -258,6 +258,19 @@ class SeedCollector:
             raise ValueError("seed commitment must be 32 bytes")
         self.commitments[client] = value
 
+    def offer(self, client: int, value: bytes, *, sparse: bool) -> str | None:
+        """Take an advertisement's seed commitment; why it is refused (``None``: accepted).
+
+        A sparse graph needs a 32-byte commitment; the complete graph needs none.
+        """
+        if not sparse:
+            return "seed commitment in a complete graph" if value else None
+        try:
+            self.commit(client, value)
+        except ValueError:
+            return "bad seed commitment"
+        return None
+
     def restrict(self, clients: frozenset[int]) -> None:
         """Keep only ``clients``' commitments (e.g. those whose advertisement was accepted)."""
         self.commitments = {c: v for c, v in self.commitments.items() if c in clients}

@@ -29,7 +29,6 @@ from qflare.ledger import Ledger
 from qflare.protocol.chronos import ChronosServer, EpochConfig, Mode, State
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.errors import ProtocolError, RemoteProtocolError
-from qflare.protocol.quantize import RingOverflowError, dequantize
 from qflare.protocol.wire import (
     ChronosJoin,
     ChronosJoined,
@@ -385,12 +384,9 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         result = result_of(machine.results, live.round_id)
         total = result.total if result is not None and abort is None else None
         version = None
-        decoded = None
-        if total is not None:
-            try:
-                decoded = dequantize(total, self.quant)
-            except RingOverflowError as exc:  # refuse a wrapped sum rather than apply it
-                abort, total = str(exc), None
+        decoded = self.decode(total) if total is not None else None
+        if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
+            abort, total, decoded = decoded, None, None
         with self._factory() as db, db.begin():
             row = db.get(Round, live.round_id)
             assert row is not None

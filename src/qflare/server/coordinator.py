@@ -18,7 +18,6 @@ import numpy.typing as npt
 from qflare.crypto import CryptoError, verify_signature
 from qflare.protocol import messages as m
 from qflare.protocol.errors import AbortReason, ProtocolError, RemoteProtocolError
-from qflare.protocol.quantize import RingOverflowError, dequantize
 from qflare.protocol.secagg import SecAggServer, State
 from qflare.protocol.wire import (
     UPDATE_CONTEXT,
@@ -272,12 +271,9 @@ class Coordinator(CoordinatorBase[LiveRound]):
     def _close(self, live: LiveRound, now: float, abort: str | None) -> None:
         result = live.machine.result
         version = None
-        decoded = None
-        if result is not None:
-            try:
-                decoded = dequantize(result, self.quant)
-            except RingOverflowError as exc:  # refuse a wrapped sum rather than apply it
-                abort, result = str(exc), None
+        decoded = self.decode(result) if result is not None else None
+        if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
+            abort, result, decoded = decoded, None, None
         state = live.machine.state.value if abort is None else State.ABORTED.value
         with self._factory() as db, db.begin():
             row = db.get(Round, live.round_id)

@@ -7,12 +7,14 @@ import threading
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.crypto import Rng, SignatureScheme
+from qflare.crypto import RingVector, Rng, SignatureScheme
 from qflare.ledger import Ledger
 from qflare.protocol.graph import complete_threshold, find_params
-from qflare.protocol.quantize import QuantConfig
+from qflare.protocol.quantize import QuantConfig, RingOverflowError, dequantize
 from qflare.protocol.wire import Task
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
@@ -75,6 +77,13 @@ class CoordinatorBase(Generic[L]):
         """Record that a device polled (only recently seen devices are sampled)."""
         with self._lock:
             self._seen[device_id] = now
+
+    def decode(self, total: RingVector) -> tuple[npt.NDArray[np.float64], int] | str:
+        """The dequantised sum and weight, or why it is refused (a total that may have wrapped)."""
+        try:
+            return dequantize(total, self.quant)
+        except RingOverflowError as exc:
+            return str(exc)
 
     def graph_params(self, n: int) -> tuple[int, int]:
         """``(k, t)`` for ``n`` clients: what the clients' default policy accepts.

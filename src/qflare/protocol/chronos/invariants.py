@@ -12,9 +12,9 @@ from collections.abc import Collection, Iterable
 
 import msgspec
 
-from qflare.crypto import ring_dtype
 from qflare.protocol.chronos.messages import EpochConfig
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
+from qflare.protocol.policy import config_is_well_formed
 from qflare.protocol.secagg.invariants import survivors_and_dropped_disjoint
 
 __all__ = [
@@ -40,26 +40,22 @@ def config_is_sound(cfg: EpochConfig, *, state: str) -> None:
     Raises:
         LocalProtocolError: the configuration is malformed.
     """
-    ids, n = cfg.participants, len(cfg.participants)
+    n = len(cfg.participants)
     closed = min(cfg.k, n)
-    problems = [
-        (list(ids) != sorted(set(ids)) or any(u < 0 for u in ids), "participants unsorted"),
-        (n < 2, "need at least two participants"),
-        (not 1 <= cfg.t <= closed or cfg.k < 1, f"threshold {cfg.t} outside [1, {closed}]"),
-        (cfg.dim < 1 or cfg.first_round < 1 or cfg.rounds < 1, "dim and rounds must be positive"),
-        (cfg.double_masking and 2 * cfg.t <= closed, f"chronos-dm needs 2t > {closed}"),
-    ]
-    try:
-        ring_dtype(cfg.modulus_bits)
-    except ValueError as exc:
-        problems.append((True, str(exc)))
-    for bad, why in problems:
-        if bad:
-            raise LocalProtocolError(
-                f"unsound epoch configuration: {why}",
-                state=state,
-                reason=AbortReason.PARAMS_REFUSED,
-            )
+    config_is_well_formed(
+        "epoch",
+        cfg.participants,
+        cfg.dim,
+        cfg.modulus_bits,
+        cfg.signature_scheme,
+        [
+            (n < 2, "need at least two participants"),
+            (not 1 <= cfg.t <= closed or cfg.k < 1, f"threshold {cfg.t} outside [1, {closed}]"),
+            (cfg.first_round < 1 or cfg.rounds < 1, "rounds must be positive"),
+            (cfg.double_masking and 2 * cfg.t <= closed, f"chronos-dm needs 2t > {closed}"),
+        ],
+        state=state,
+    )
 
 
 def never_reuse_counter(last: int, round_id: int, *, state: str, client: int | None = None) -> None:

@@ -209,15 +209,9 @@ class ChronosServer:
             self._reject(
                 msg.sender, why, AbortReason.BAD_KEY if bad_key else AbortReason.BAD_SIGNATURE
             )
-        if self.cfg.sparse:
-            try:
-                self._seed.commit(msg.sender, msg.seed_commit)
-            except ValueError:
-                self._reject(msg.sender, "bad seed commitment", AbortReason.MALFORMED_MESSAGE)
-        elif msg.seed_commit:
-            self._reject(
-                msg.sender, "seed commitment in a complete graph", AbortReason.MALFORMED_MESSAGE
-            )
+        refused = self._seed.offer(msg.sender, msg.seed_commit, sparse=self.cfg.sparse)
+        if refused is not None:
+            self._reject(msg.sender, refused, AbortReason.MALFORMED_MESSAGE)
         self._adverts[msg.sender] = msg
 
     def _on_reveal(self, msg: m.EpochSeedReveal) -> None:

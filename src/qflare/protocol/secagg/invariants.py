@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from qflare.crypto import SignatureScheme, ring_dtype
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.protocol.messages import RoundConfig
+from qflare.protocol.policy import config_is_well_formed
 
 
 class ReleaseLog:
@@ -115,21 +115,12 @@ def round_config_is_sound(cfg: RoundConfig, *, state: str) -> None:
     Raises:
         LocalProtocolError: ``PARAMS_REFUSED`` naming what is malformed.
     """
-    ids = cfg.participants
-    problems = [
-        (list(ids) != sorted(set(ids)) or any(u < 0 for u in ids), "participants unsorted"),
-        (cfg.dim < 1 or cfg.round_id < 0, "dim must be positive and round id non-negative"),
-        (cfg.signature_scheme not in set(SignatureScheme), "unknown signature scheme"),
-    ]
-    try:
-        ring_dtype(cfg.modulus_bits)
-    except ValueError as exc:
-        problems.append((True, str(exc)))
-    for bad, why in problems:
-        if bad:
-            raise LocalProtocolError(
-                f"unsound round configuration: {why}",
-                state=state,
-                reason=AbortReason.PARAMS_REFUSED,
-                http_status=409,
-            )
+    config_is_well_formed(
+        "round",
+        cfg.participants,
+        cfg.dim,
+        cfg.modulus_bits,
+        cfg.signature_scheme,
+        [(cfg.round_id < 0, "round id must be non-negative")],
+        state=state,
+    )

@@ -246,15 +246,9 @@ class SecAggServer:
             )
         transcript = keys.advertise_transcript_of(self.cfg, msg)
         self._check_signature(msg.sender, msg.signature, transcript, keys.ADVERTISE_CONTEXT)
-        if self.cfg.sparse:
-            try:
-                self._seed.commit(msg.sender, msg.seed_commit)
-            except ValueError:
-                self._reject(msg.sender, "bad seed commitment", AbortReason.MALFORMED_MESSAGE)
-        elif msg.seed_commit:
-            self._reject(
-                msg.sender, "seed commitment in a complete graph", AbortReason.MALFORMED_MESSAGE
-            )
+        refused = self._seed.offer(msg.sender, msg.seed_commit, sparse=self.cfg.sparse)
+        if refused is not None:
+            self._reject(msg.sender, refused, AbortReason.MALFORMED_MESSAGE)
         self._adverts[msg.sender] = msg
 
     def _on_reveal(self, msg: m.SeedReveal) -> None:
