@@ -31,16 +31,16 @@ class Clock:
         return self.now
 
 
-def _server(url: str, tmp_path, clock: Clock) -> Coordinator:
+def _server(url: str, tmp_path, clock: Clock, n: int = N, k: int = N) -> Coordinator:
     settings = ServerSettings(
         database_url=url,
         state_dir=tmp_path,
         dataset="digits",
-        min_clients=N,
+        min_clients=n,
         signature_scheme="ed25519",
         step_timeout_s=10,
         round_interval_s=0,
-        k=N,
+        k=k,
         t=3,
         max_rounds=1,
     )
@@ -82,10 +82,10 @@ class Node(SimDevice):
         return self.handle(task)
 
 
-def _enroll(coord: Coordinator) -> list[Node]:
+def _enroll(coord: Coordinator, n: int = N) -> list[Node]:
     nodes = []
     with coord._factory() as db, db.begin():
-        for i in range(N):
+        for i in range(n):
             node = Node(i, f"dev{i}")
             repos.add_device(
                 db,
@@ -104,7 +104,13 @@ def _enroll(coord: Coordinator) -> list[Node]:
 
 
 def _drive(
-    coord: Coordinator, nodes: list[Node], clock: Clock, crash_after: int | None, url: str, tmp_path
+    coord: Coordinator,
+    nodes: list[Node],
+    clock: Clock,
+    crash_after: int | None,
+    url: str,
+    tmp_path,
+    restart=None,
 ) -> tuple[Coordinator, bytes]:
     coord.tick()
     assert coord.live is not None
@@ -118,7 +124,7 @@ def _drive(
             coord.submit(node.device_id, node.step(task), node.signer.public_key)
             submitted += 1
             if crash_after is not None and submitted == crash_after:
-                coord = _server(url, tmp_path, clock)  # the old object is dropped: a "crash"
+                coord = (restart or _server)(url, tmp_path, clock)  # the old one is dropped
                 assert coord.live is not None and coord.live.round_id == round_id
         clock.now += 0.1
         coord.tick()
@@ -183,3 +189,20 @@ def test_classic_secagg_uses_the_complete_graph(tmp_path):
     coord.settings = coord.settings.model_copy(update={"protocol": "secagg+"})
     k, t = coord.graph_params(200)
     assert k < 200 and 2 * t > k
+
+
+@pytest.mark.parametrize("crash_after", [6, 8, 14, 20])
+def test_a_sparse_round_with_its_seed_step_resumes_identically(tmp_path, crash_after):
+    """n = 6, k = 5: the graph-seed exchange is replayed from the log like every other step."""
+
+    def server(url: str, path, clock: Clock) -> Coordinator:
+        return _server(url, path, clock, n=6, k=5)
+
+    url, clock = f"sqlite:///{tmp_path}/db.sqlite", Clock()
+    coord = server(url, tmp_path, clock)
+    nodes = _enroll(coord, 6)
+    coord, result = _drive(coord, nodes, clock, crash_after, url, tmp_path, restart=server)
+    total, weight = dequantize(np.frombuffer(result, dtype=np.uint32).copy(), coord.quant)
+    assert weight == 60
+    expected = sum(10 * n.delta.astype(np.float64) for n in nodes)
+    assert np.max(np.abs(total - expected)) <= weight / coord.quant.scale
