@@ -1,4 +1,4 @@
-"""The attack of issue #9 item 7: whoever can write ``audit_entries`` rewrites and re-chains it,
+"""Attack 7 (rewriting history): whoever can write ``audit_entries`` rewrites and re-chains it,
 then the server restarts and signs a head over the forged history. Everyone notices.
 
 Real HTTP on loopback, everything in this process: two witnesses and the server run in uvicorn
