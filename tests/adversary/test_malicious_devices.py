@@ -8,6 +8,8 @@ right sum whenever ``t`` good shares of every needed secret exist.
 
 from __future__ import annotations
 
+import contextlib
+
 import msgspec
 
 from qflare.crypto import Shamir
@@ -125,24 +127,38 @@ def test_a_wrong_self_mask_share_no_longer_gives_a_wrong_sum():
     assert res.server_state is State.COMPLETED and exact(res, CFG)
 
 
-def test_culprits_are_named_in_the_servers_record():
+@contextlib.contextmanager
+def _server_machines():
+    """Keep a handle on every server machine made inside the block."""
     from qflare.protocol.secagg import SecAggServer
 
     seen: list[SecAggServer] = []
     original = SecAggServer.__init__
 
-    def spy(self, *a, **k):  # keep a handle on the server machine of the round
+    def spy(self, *a, **k):
         original(self, *a, **k)
         seen.append(self)
 
     SecAggServer.__init__ = spy  # type: ignore[method-assign]
     try:
-        flip = _tamper_r4(3, 1, lambda s: s[:10] + bytes([s[10] ^ 1]) + s[11:])
-        res = _cohort(7, client_hook=flip).run(inputs(CFG.dim))
+        yield seen
     finally:
         SecAggServer.__init__ = original  # type: ignore[method-assign]
+
+
+def test_culprits_are_named_in_the_servers_record():
+    with _server_machines() as seen:
+        flip = _tamper_r4(3, 1, lambda s: s[:10] + bytes([s[10] ^ 1]) + s[11:])
+        res = _cohort(7, client_hook=flip).run(inputs(CFG.dim))
     assert exact(res, CFG)
     assert 3 in seen[0].culprits and "R4" in seen[0].culprits[3]
+
+
+def test_an_owner_short_of_shares_is_not_branded_a_culprit():
+    """Garbled ciphertexts could be the server's doing: the round aborts, nobody is quarantined."""
+    with _server_machines() as seen:
+        _cohort(4, client_hook=_garble(set(range(N)))).run(inputs(CFG.dim))
+    assert BAD not in seen[0].culprits
 
 
 class _Inconsistent(Shamir):
@@ -160,10 +176,12 @@ def test_an_owner_dealing_inconsistent_shares_never_yields_a_wrong_sum():
         if u == BAD:
             client._shamir = _Inconsistent(CFG.t)
 
-    res = _cohort(8, corrupt=corrupt).run(inputs(CFG.dim))
+    with _server_machines() as seen:
+        res = _cohort(8, corrupt=corrupt).run(inputs(CFG.dim))
     assert not res.client_errors
     if res.server_state is State.COMPLETED:
         assert exact(res, CFG)
     else:
         err = res.server_errors[-1]
         assert err.reason is AbortReason.RECONSTRUCTION_FAILED and err.client == BAD
+        assert "commitment" in seen[0].culprits[BAD]  # provably its fault: quarantined

@@ -91,11 +91,14 @@ class ReconstructionError(ShamirError):
     Args:
         owner: The client whose secret failed.
         why: What went wrong.
+        proven: Whether the owner is provably at fault (its own committed shares are
+            inconsistent) rather than short of good shares (dropouts, bad holders, or a server
+            tampering with relayed ciphertexts could cause that).
     """
 
-    def __init__(self, owner: int, why: str) -> None:
+    def __init__(self, owner: int, why: str, *, proven: bool = False) -> None:
         super().__init__(f"client {owner}: {why}")
-        self.owner = owner
+        self.owner, self.proven = owner, proven
 
 
 class SharedSecret:
@@ -173,6 +176,8 @@ def rebuild_secret(
         raise ReconstructionError(secret.owner, f"{len(good)} good shares: {exc}") from None
     if not secret.check(rebuilt):
         raise ReconstructionError(
-            secret.owner, f"dealt shares that do not match its {secret.kind} commitment"
+            secret.owner,
+            f"dealt shares that do not match its {secret.kind} commitment",
+            proven=True,
         )
     return rebuilt

@@ -416,7 +416,8 @@ class ChronosServer:
                 for d in rnd.listed
             }
         except recovery.ReconstructionError as exc:
-            self.culprits.setdefault(exc.owner, f"round {rnd.round_id}: {exc}")
+            if exc.proven:  # short of good shares is not proof of the owner's fault
+                self.culprits.setdefault(exc.owner, f"round {rnd.round_id}: {exc}")
             self._round_failed(
                 f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED, exc.owner
             )

@@ -415,7 +415,8 @@ class SecAggServer:
         try:
             self.culprits.update(remove_masks(self._acc, inputs))
         except ReconstructionError as exc:
-            self.culprits.setdefault(exc.owner, f"R4: {exc}")
+            if exc.proven:  # short of good shares is not proof: dropouts or others could cause it
+                self.culprits.setdefault(exc.owner, f"R4: {exc}")
             self._fail(
                 f"could not remove masks: {exc}", AbortReason.RECONSTRUCTION_FAILED, exc.owner
             )
