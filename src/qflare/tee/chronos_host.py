@@ -17,7 +17,7 @@ import numpy as np
 
 from qflare.crypto import RingVector, SignatureScheme
 from qflare.protocol.chronos import messages as m
-from qflare.protocol.chronos.core import PolicyState
+from qflare.protocol.chronos.core_state import PolicyState
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.protocol.identity import AuthorityKey, EndorsedKey, encode_authority_key
 from qflare.protocol.policy import ClientPolicy

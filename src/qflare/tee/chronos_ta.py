@@ -43,7 +43,8 @@ from qflare.crypto import (
     ring_dtype,
 )
 from qflare.protocol.chronos import messages as m
-from qflare.protocol.chronos.core import KeystoreCore, PolicyState
+from qflare.protocol.chronos.core import KeystoreCore
+from qflare.protocol.chronos.core_state import PolicyState
 from qflare.protocol.errors import LocalProtocolError, ProtocolError
 from qflare.protocol.identity import EndorsedKey, IdentityError, decode_authority_key
 from qflare.tee.errors import TrustedAppError

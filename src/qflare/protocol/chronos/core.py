@@ -8,9 +8,8 @@ process for the enclave-backed keystore, which seals :meth:`KeystoreCore.export_
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 import msgspec
 import numpy as np
@@ -18,8 +17,8 @@ import numpy as np
 from qflare.crypto import MaskPrg, RingVector, Rng, SecretBytes, Signer, X25519KeyPair, ring_dtype
 from qflare.protocol.chronos import keys, offline
 from qflare.protocol.chronos import messages as m
+from qflare.protocol.chronos.core_state import CoreState, Phase, PolicyState, RoundCounter
 from qflare.protocol.chronos.invariants import (
-    LedgerState,
     ReleaseLedger,
     config_is_sound,
     excluded_not_survivor,
@@ -34,86 +33,11 @@ from qflare.protocol.graph import neighbourhoods
 from qflare.protocol.identity import (
     AuthorityKey,
     EndorsedKey,
-    IdentityError,
     decode_authority_key,
     encode_authority_key,
-    verify_endorsed_key,
 )
 from qflare.protocol.policy import ClientPolicy, check_round_params
-from qflare.protocol.seed import SeedParticipant, SeedState
-
-_STATE_VERSION = 1
-
-
-class RoundCounter(Protocol):
-    """A monotonic round counter (an RPMB counter in the enclave, an integer in software)."""
-
-    def read(self) -> int:
-        """Current value (0 before the first round)."""
-        ...
-
-    def advance(self, to_value: int) -> int:
-        """Move to ``to_value`` (persisted before returning); refuse values not above it."""
-        ...
-
-
-class Phase(enum.StrEnum):
-    """How far the keystore is through the epoch's offline phase."""
-
-    NO_EPOCH = "no-epoch"
-    ADVERTISED = "advertised"
-    SHARED = "shared"
-    READY = "ready"
-
-
-class PolicyState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A :class:`~qflare.protocol.policy.ClientPolicy`, as sealed with the keystore."""
-
-    corrupt_fraction: float = 0.05
-    security_bits: int = 40
-    min_cohort: int = 3
-    max_seed_restarts: int = 2
-
-    @classmethod
-    def of(cls, policy: ClientPolicy) -> PolicyState:
-        """The sealable form of ``policy``."""
-        return cls(
-            corrupt_fraction=policy.corrupt_fraction,
-            security_bits=policy.security_bits,
-            min_cohort=policy.min_cohort,
-            max_seed_restarts=policy.max_seed_restarts,
-        )
-
-    def policy(self) -> ClientPolicy:
-        """Back to a :class:`ClientPolicy` (validated again)."""
-        return ClientPolicy(
-            corrupt_fraction=self.corrupt_fraction,
-            security_bits=self.security_bits,
-            min_cohort=self.min_cohort,
-            max_seed_restarts=self.max_seed_restarts,
-        )
-
-
-class CoreState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Everything a keystore must persist (secret: only ever sealed, never sent in the clear)."""
-
-    version: int = _STATE_VERSION
-    phase: Phase
-    authority: bytes = b""
-    policy: PolicyState = msgspec.field(default_factory=PolicyState)
-    identities: dict[int, bytes] = {}
-    rejected: dict[int, str] = {}
-    config: m.EpochConfig | None = None
-    seed: SeedState | None = None
-    graph_seed: bytes = b""
-    enc_private: bytes = b""
-    mask_private: tuple[bytes, ...] = ()
-    self_secrets: tuple[bytes, ...] = ()
-    recv_keys: dict[int, bytes] = {}
-    pair_keys: dict[int, tuple[bytes, ...]] = {}
-    held: dict[int, m.SharePayload] = {}
-    partners: tuple[int, ...] = ()
-    ledger: LedgerState = msgspec.field(default_factory=LedgerState)
+from qflare.protocol.seed import SeedParticipant
 
 
 class KeystoreCore:
@@ -310,7 +234,11 @@ class KeystoreCore:
         never_reuse_counter(self._counter.read(), config.first_round, state=st, client=self._id)
         if self._id not in config.participants or config.signature_scheme != self._signer.scheme:
             raise LocalProtocolError("not a participant or wrong identity scheme", state=st)
-        identities, rejected = self._verified(config, directory)
+        if self._authority is None:
+            raise LocalProtocolError("no enrollment authority was provisioned", state=st)
+        identities, rejected = offline.verify_directory(
+            config, directory, self._authority, self._id, self._signer.public_key
+        )
         self._load(self._state(Phase.ADVERTISED, config))
         self._identities, self.rejected = identities, rejected
         self._enc = X25519KeyPair.generate(self._rng)
@@ -333,36 +261,6 @@ class KeystoreCore:
             signature=self._signer.sign(transcript, context=keys.ADVERTISE_CONTEXT),
             seed_commit=commit,
         )
-
-    def _verified(
-        self, cfg: m.EpochConfig, directory: Mapping[int, EndorsedKey]
-    ) -> tuple[dict[int, bytes], dict[int, str]]:
-        state = State.O0_ADVERTISE_KEYS.value
-        authority = self._authority
-        if authority is None:
-            raise LocalProtocolError("no enrollment authority was provisioned", state=state)
-        identities: dict[int, bytes] = {}
-        rejected: dict[int, str] = {}
-        for index in cfg.participants:
-            entry = directory.get(index)
-            try:
-                if entry is None:
-                    raise IdentityError("no certificate")
-                body, key = verify_endorsed_key(entry, authority, cfg.session, index)
-                if body.scheme.value != cfg.signature_scheme:
-                    raise IdentityError(f"certificate is for {body.scheme.value} keys")
-            except IdentityError as exc:
-                rejected[index] = str(exc)
-                continue
-            identities[index] = key
-        if identities.get(self._id) != self._signer.public_key:
-            raise RemoteProtocolError(
-                "the directory lists another identity for this keystore",
-                state=state,
-                client=self._id,
-                reason=AbortReason.INCONSISTENT_VIEW,
-            )
-        return identities, rejected
 
     def reveal_seed(self, msg: m.SeedCommitments) -> m.EpochSeedReveal:
         """O0 (sparse graphs): check the commitment list; reveal our contribution.

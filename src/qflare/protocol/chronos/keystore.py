@@ -19,7 +19,8 @@ from typing import Protocol
 
 from qflare.crypto import MaskPrg, RingVector, Rng, Signer
 from qflare.protocol.chronos import messages as m
-from qflare.protocol.chronos.core import KeystoreCore, RoundCounter
+from qflare.protocol.chronos.core import KeystoreCore
+from qflare.protocol.chronos.core_state import RoundCounter
 from qflare.protocol.chronos.invariants import never_reuse_counter
 from qflare.protocol.chronos.states import State
 from qflare.protocol.identity import AuthorityKey, EndorsedKey

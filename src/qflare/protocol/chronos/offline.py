@@ -32,6 +32,12 @@ from qflare.protocol.chronos import keys
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.chronos.states import State
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
+from qflare.protocol.identity import (
+    AuthorityKey,
+    EndorsedKey,
+    IdentityError,
+    verify_endorsed_key,
+)
 from qflare.protocol.shares import SALT_BYTES, is_share
 
 
@@ -232,3 +238,39 @@ def open_shares(
     ):
         return "shares do not match their commitments"
     return payload
+
+
+def verify_directory(
+    cfg: m.EpochConfig,
+    directory: Mapping[int, EndorsedKey],
+    authority: AuthorityKey,
+    me: int,
+    own_key: bytes,
+) -> tuple[dict[int, bytes], dict[int, str]]:
+    """The participants' keystore keys that chain to ``authority``, and why the others do not.
+
+    Raises:
+        RemoteProtocolError: the directory lists another key for this keystore.
+    """
+    identities: dict[int, bytes] = {}
+    rejected: dict[int, str] = {}
+    for index in cfg.participants:
+        entry = directory.get(index)
+        try:
+            if entry is None:
+                raise IdentityError("no certificate")
+            body, key = verify_endorsed_key(entry, authority, cfg.session, index)
+            if body.scheme.value != cfg.signature_scheme:
+                raise IdentityError(f"certificate is for {body.scheme.value} keys")
+        except IdentityError as exc:
+            rejected[index] = str(exc)
+            continue
+        identities[index] = key
+    if identities.get(me) != own_key:
+        refuse(
+            "the directory lists another identity for this keystore",
+            State.O0_ADVERTISE_KEYS,
+            AbortReason.INCONSISTENT_VIEW,
+            me,
+        )
+    return identities, rejected
