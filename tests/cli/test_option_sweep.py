@@ -101,6 +101,9 @@ def test_malformed_specs_are_refused_before_work(args: list[str], option: str, t
         (["node", "run", "--shard", "3", "--shards", "2"], "shard must lie in [0, 2)"),
         (["node", "run", "--lr", "0", "--shard", "0", "--shards", "1"], "lr > 0"),
         (["simulate", "--lr", "0"], "lr > 0"),
+        (["simulate", "--clients", "1"], "at least 3 clients per round"),
+        (["simulate", "--clients", "500", "--dataset", "digits"], "cannot give 500 clients"),
+        (["bench", "chronos", "--clients", "3", "--k", "3", "--t", "9"], "threshold 9 outside"),
     ],
 )
 def test_values_in_range_that_do_not_fit_together(args: list[str], message: str):

@@ -29,7 +29,13 @@ def _parse_rtts(values: list[str]) -> tuple[float, ...]:
 def _run_staged(
     label: str, run: Callable[[Stage], dict[str, Any]], as_json: bool, output: Path | None
 ) -> None:
-    """Run a benchmark under a spinner showing its stage; print (and write) its JSON."""
+    """Run a benchmark under a spinner showing its stage; print (and write) its JSON.
+
+    Parameters that are each in range but do not fit together (``t > k``, no ``(k, t)`` for
+    ``n``) stop the run at its first step and are reported like any bad option (exit 2).
+    """
+    from qflare.protocol.errors import ProtocolError
+
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
@@ -40,6 +46,8 @@ def _run_staged(
         except RuntimeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
+        except (ProtocolError, ValueError) as exc:
+            raise typer.BadParameter(str(exc).split("] ", 1)[-1]) from None
     text = json.dumps(result, indent=2)
     if output is not None:
         output.write_text(text)

@@ -92,7 +92,7 @@ def bench_secagg(
 @bench_app.command("accuracy")
 def bench_accuracy(
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 20,
-    clients: Annotated[int, typer.Option(min=2, help="Clients.")] = 10,
+    clients: Annotated[int, typer.Option(min=3, help="Clients.")] = 10,
     partition: Annotated[
         str, typer.Option(parser=check_partition, help="iid, dirichlet:ALPHA or shards:K.")
     ] = "dirichlet:0.5",
@@ -101,7 +101,7 @@ def bench_accuracy(
 ) -> None:
     """Accuracy parity: SecAgg+ FedAvg vs plain FedAvg on MNIST-5k, same seed."""
     from qflare.cli.settings import Settings
-    from qflare.cli.simulate import accuracy_parity
+    from qflare.cli.simulate import accuracy_parity, prepare
     from qflare.sim.federated import FederatedConfig
 
     cfg = FederatedConfig(
@@ -114,8 +114,14 @@ def bench_accuracy(
         batch_size=32,
         seed=seed,
     )
-    with Console(stderr=True).status("training secure and plain federations"):
-        result = accuracy_parity(cfg, Settings().signature_scheme)
+    console = Console(stderr=True)
+    try:
+        with console.status("loading the data"):
+            data = prepare(cfg, "secagg+", 0.0)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    with console.status("training secure and plain federations"):
+        result = accuracy_parity(cfg, Settings().signature_scheme, data)
     _emit(result, output)
 
 

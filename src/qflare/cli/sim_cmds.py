@@ -94,7 +94,7 @@ def simulate(
 ) -> None:
     """Train a real model on real data across simulated clients (secure aggregation by default)."""
     from qflare.cli.settings import Settings
-    from qflare.cli.simulate import SimulateOptions, run_simulation
+    from qflare.cli.simulate import SimulateOptions, prepare, run_simulation
     from qflare.sim.federated import FederatedConfig
 
     settings = Settings()
@@ -114,6 +114,8 @@ def simulate(
             seed=seed,
             processes=processes,
         )
+        with Console(stderr=True).status("loading the data"):
+            data = prepare(cfg, protocol, dropout)  # fails here, before any training
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     opts = SimulateOptions(
@@ -123,11 +125,11 @@ def simulate(
         out or settings.out_dir / "simulate",
         settings.signature_scheme,
     )
-    run_simulation(Console(), cfg, opts)
+    run_simulation(Console(), cfg, opts, data)
 
 
 def params(
-    clients: Annotated[int, typer.Option(min=2, help="Number of clients n.")],
+    clients: Annotated[int, typer.Option(min=3, help="Number of clients n.")],
     corrupt: Annotated[
         float, typer.Option(min=0.0, max=0.49, help="Fraction of corrupt clients (gamma).")
     ] = 0.05,
