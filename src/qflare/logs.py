@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from typing import IO, Any, Final
 
 __all__ = [
-    "ACCESS_LOGGER",
     "LEVELS",
+    "UVICORN_LOGGERS",
     "StructuredFormatter",
     "configure_logging",
     "uvicorn_log_options",
@@ -23,7 +23,8 @@ __all__ = [
 
 LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 """Level names the CLI accepts (case-insensitive)."""
-ACCESS_LOGGER: Final = "uvicorn.access"
+UVICORN_LOGGERS: Final = ("uvicorn", "uvicorn.error", "uvicorn.access")
+"""uvicorn's loggers: configured explicitly, since a ``dictConfig`` may have given them handlers."""
 _RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 

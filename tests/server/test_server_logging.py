@@ -14,37 +14,47 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from typer.testing import CliRunner
 
 from qflare.cli import server_cmds
 from qflare.cli.app import app
-from qflare.logs import configure_logging
-from qflare.server.app import create_app
+from qflare.logs import UVICORN_LOGGERS, configure_logging
 from qflare.server.settings import ServerSettings
-from qflare.server.tls import uvicorn_config
-from tests.server.conftest import make_settings
+from qflare.server.tls import serve, uvicorn_config
 
-LOGGERS = ("qflare", "uvicorn", "uvicorn.error", "uvicorn.access")
+LOGGERS = ("qflare", *UVICORN_LOGGERS)
 
 
 @pytest.fixture(autouse=True)
 def _restore_loggers() -> Iterator[None]:
-    saved = {
-        n: (lg.handlers[:], lg.level, lg.propagate) for n in LOGGERS if (lg := logging.getLogger(n))
-    }
+    saved = {}
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        saved[name] = (logger.handlers[:], logger.level, logger.propagate)
     yield
     for name, (handlers, level, propagate) in saved.items():
         logger = logging.getLogger(name)
         logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
 
 
-def _serve_two_requests(tmp_path: Path, level: str) -> list[dict[str, object]]:
-    """Run the real app under uvicorn at ``level``, GET /v1/health twice; the log records."""
+def _health_app() -> FastAPI:
+    """A stand-in for the server's app: what is under test is the uvicorn and logging set-up."""
+    app_ = FastAPI()
+
+    @app_.get("/v1/health")
+    def health() -> dict[str, str]:
+        logging.getLogger("qflare.server").info("health checked", extra={"probe": 1})
+        return {"status": "ok"}
+
+    return app_
+
+
+def _serve_two_requests(level: str) -> list[dict[str, object]]:
+    """Serve under uvicorn as ``qflare server`` does at ``level``; GET twice; the log records."""
     stream = io.StringIO()
-    configure_logging(level, ("qflare", "uvicorn"), stream=stream)
-    settings = make_settings(f"sqlite:///{tmp_path}/db.sqlite", tmp_path)
-    app_ = create_app(settings)
-    server = uvicorn.Server(uvicorn_config(app_, settings, level))
+    configure_logging(level, LOGGERS, stream=stream)
+    server = uvicorn.Server(uvicorn_config(_health_app(), ServerSettings(insecure=True), level))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -58,24 +68,39 @@ def _serve_two_requests(tmp_path: Path, level: str) -> list[dict[str, object]]:
         assert httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
     server.should_exit = True
     thread.join(10)
-    app_.state.ctx.factory.kw["bind"].dispose()
     return [json.loads(line) for line in stream.getvalue().splitlines()]  # every line is JSON
 
 
-def test_info_logs_json_lines_without_access_log(tmp_path: Path):
-    records = _serve_two_requests(tmp_path, "info")
+def test_info_logs_json_lines_without_access_log():
+    records = _serve_two_requests("info")
     assert {"ts", "level", "logger", "msg"} <= set(records[0])
     assert any(
         r["logger"] == "uvicorn.error" and "startup complete" in str(r["msg"]) for r in records
     )
     assert not any(r["logger"] == "uvicorn.access" for r in records)
     assert not any("color_message" in r for r in records)
+    probes = [r for r in records if r["logger"] == "qflare.server"]
+    assert [(p["msg"], p["probe"]) for p in probes] == [("health checked", 1)] * 2
 
 
-def test_debug_adds_the_access_log(tmp_path: Path):
-    records = _serve_two_requests(tmp_path, "debug")
+def test_debug_adds_the_access_log():
+    records = _serve_two_requests("debug")
     access = [r for r in records if r["logger"] == "uvicorn.access"]
     assert len(access) == 2 and "/v1/health" in str(access[0]["msg"])
+
+
+def test_serve_configures_json_logging_for_qflare_and_uvicorn(monkeypatch: pytest.MonkeyPatch):
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setattr("qflare.server.tls.create_app", lambda settings: _health_app())
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: configs.append(self.config))
+    serve(ServerSettings(insecure=True), "warning")
+    (config,) = configs
+    assert config.access_log is False and config.log_config is None
+    for name in ("qflare", "uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        assert logger.level == logging.WARNING and not logger.propagate
+        assert type(logger.handlers[0].formatter).__name__ == "StructuredFormatter"
+    assert not logging.getLogger("uvicorn.access").propagate  # uvicorn empties it: access log off
 
 
 def test_log_level_option_and_variable_reach_the_server(

@@ -116,7 +116,7 @@ def serve(
 
     from qflare.authority import AUTHORITY_KEY_FILE
     from qflare.authority.app import create_authority_app
-    from qflare.logs import configure_logging, uvicorn_log_options
+    from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
     from qflare.server.tls import is_loopback
 
     settings = _settings(directory, host=host, port=port)
@@ -128,7 +128,7 @@ def serve(
             "and answers are signed, but put the authority behind TLS off loopback"
         )
     app = create_authority_app(settings)
-    configure_logging(log_level, ("qflare", "uvicorn"))
+    configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     uvicorn.run(
         app,
         host=settings.host,

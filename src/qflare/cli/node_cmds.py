@@ -206,8 +206,7 @@ def run_cmd(
     from qflare.node.launch import RunOptions, run_node
     from qflare.protocol.policy import ClientPolicy
 
-    configure_logging(log_level)
-    training = (
+    training = (  # checked before anything else happens
         None
         if trainer is not None
         else _training(
@@ -238,6 +237,7 @@ def run_cmd(
         witness_keys=tuple(witness_key or ()),
         witness_quorum=witness_quorum,
     )
+    configure_logging(log_level)
     stop = threading.Event()
     _install_stop_handlers(stop)
     try:

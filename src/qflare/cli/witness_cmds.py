@@ -70,14 +70,14 @@ def serve(
     import uvicorn
 
     from qflare.ledger import decode_public_key
-    from qflare.logs import configure_logging, uvicorn_log_options
+    from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
     from qflare.witness import WitnessDir, WitnessDirError, WitnessService, create_witness_app
 
     try:
         key = decode_public_key(server_key.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--server-key") from exc
-    configure_logging(log_level, ("qflare", "uvicorn"))
+    configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     wdir = WitnessDir(directory)
     try:
         with wdir.lock():

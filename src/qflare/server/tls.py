@@ -28,7 +28,7 @@ from qflare.crypto.x509 import (
     issue_server_cert,
     make_ca,
 )
-from qflare.logs import configure_logging, uvicorn_log_options
+from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
 from qflare.server.app import create_app
 from qflare.server.authority_client import load_authority_key
 from qflare.server.settings import ServerSettings
@@ -243,5 +243,5 @@ def serve(settings: ServerSettings, log_level: str = "info") -> None:
     Logs go to stderr as JSON lines (``qflare`` and ``uvicorn`` loggers); the per-request access
     log only at ``debug``.
     """
-    configure_logging(log_level, ("qflare", "uvicorn"))
+    configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
