@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck contracts pytest bench clean
+.PHONY: demo test lint typecheck contracts pytest bench settings-doc clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: $(STAMP)
 	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 6 --repeat 5 --json --output docs/bench/client_n20_d1m.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --k 15 --t 8 --repeat 5 --json --output docs/bench/round_n100_k15.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 1000 --dim 100000 --dropout 0.1 --drop-stage R2 --json --output docs/bench/n1000.json >/dev/null
+
+# README's table of server settings, generated from ServerSettings (tests/cli checks it is current).
+settings-doc: $(STAMP)
+	$(BIN)/python -c 'from qflare.cli.settings_doc import update_readme; update_readme("README.md")'
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -136,6 +136,17 @@ def server_rows(bench_dir: Path) -> list[str]:
     return rows
 
 
+def startup_rows(bench_dir: Path) -> list[str]:
+    """The CLI start-up row (``qflare bench startup``)."""
+    data = _load(bench_dir / "cli_startup.json")
+    if data is None:
+        return []
+    cases, load = data["cases"], data["load_average"]["before"][0]
+    return [
+        f"| CLI start-up, fresh process: `qflare --help` / `--version` (load {load:.1f} on {data['cpus']} cores) | {cases['--help']['median_s']:.2f} s / {cases['--version']['median_s']:.2f} s | < 1 s | {'met' if data['met'] else 'NOT met'} |"
+    ]
+
+
 def render(bench_dir: Path) -> str:
     """The generated section of docs/benchmarks.md."""
     lines = [
@@ -178,4 +189,5 @@ def render(bench_dir: Path) -> str:
             f"| iDLG PSNR, masked upload | {res['masked']['mean_psnr_db']:.1f} dB, labels {res['masked']['label_accuracy']:.2f} | ≤ 6 dB | {'met' if res['masked']['mean_psnr_db'] <= 6 else 'NOT met'} |"
         )
     lines += chronos_rows(bench_dir) + chronos_net_rows(bench_dir) + server_rows(bench_dir)
+    lines += startup_rows(bench_dir)
     return "\n".join(lines)

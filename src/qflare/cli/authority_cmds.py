@@ -12,22 +12,17 @@ import hashlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
-from qflare.authority import (
-    AUTHORITY_KEY_FILE,
-    AUTHORITY_PUB_FILE,
-    AuthorityService,
-    AuthoritySettings,
-    init_authority,
-)
+from qflare.cli.faults import fail
+from qflare.cli.options import LogLevel
 from qflare.cli.server_cmds import _console, _when, parse_duration
-from qflare.crypto import SystemRng
-from qflare.protocol.identity import IdentityError, parse_certificate
+
+if TYPE_CHECKING:  # loaded inside the commands: `qflare --help` stays fast
+    from qflare.authority import AuthorityService, AuthoritySettings
 
 authority_app = typer.Typer(
     help="The enrollment authority: the key the aggregation server does not hold.",
@@ -44,22 +39,29 @@ DirOpt = Annotated[
 
 def _settings(directory: Path | None, **overrides: Any) -> AuthoritySettings:
     """Settings from options, then ``QFLARE_AUTHORITY_*`` variables, then defaults."""
-    env = AuthoritySettings()
-    values = {name: getattr(env, name) for name in env.model_fields_set}
-    values |= {k: v for k, v in {"dir": directory, **overrides}.items() if v is not None}
+    from pydantic import ValidationError
+
+    from qflare.authority import AuthoritySettings
+    from qflare.cli.faults import describe_validation_error
+
     try:
+        env = AuthoritySettings()
+        values = {name: getattr(env, name) for name in env.model_fields_set}
+        values |= {k: v for k, v in {"dir": directory, **overrides}.items() if v is not None}
         return AuthoritySettings(**values)
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+        raise typer.BadParameter(describe_validation_error(exc)) from exc
 
 
 def _fail(message: str) -> typer.Exit:
-    _console(stderr=True).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
+    return fail(message)
 
 
 @contextlib.contextmanager
 def _service(settings: AuthoritySettings) -> Iterator[AuthorityService]:
+    from qflare.authority import AuthorityService
+    from qflare.crypto import SystemRng
+
     try:
         service = AuthorityService.open(settings, clock=time.time, rng=SystemRng())
     except (OSError, ValueError) as exc:
@@ -73,6 +75,9 @@ def _service(settings: AuthoritySettings) -> Iterator[AuthorityService]:
 @authority_app.command("init")
 def init(directory: DirOpt = None) -> None:
     """Make the authority key pair (ML-DSA-65): authority.key (0600) and authority.pub."""
+    from qflare.authority import AUTHORITY_KEY_FILE, AUTHORITY_PUB_FILE, init_authority
+    from qflare.crypto import SystemRng
+
     settings = _settings(directory)
     try:
         keys = init_authority(settings.dir, SystemRng())
@@ -97,13 +102,21 @@ def init(directory: DirOpt = None) -> None:
 def serve(
     directory: DirOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Bind port.")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Bind port.")] = None,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            case_sensitive=False,
+            help="JSON-lines log on stderr; per-request access log only at debug.",
+        ),
+    ] = "warning",
 ) -> None:
     """Serve POST /v1/certificates for the aggregation server to relay enrollments to."""
     import uvicorn
 
+    from qflare.authority import AUTHORITY_KEY_FILE
     from qflare.authority.app import create_authority_app
+    from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
     from qflare.server.tls import is_loopback
 
     settings = _settings(directory, host=host, port=port)
@@ -115,8 +128,13 @@ def serve(
             "and answers are signed, but put the authority behind TLS off loopback"
         )
     app = create_authority_app(settings)
+    configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=log_level, server_header=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        server_header=False,
+        **uvicorn_log_options(log_level),
     )
 
 
@@ -171,6 +189,8 @@ def token_revoke(
 
 
 def _describe(certificate: bytes) -> tuple[str, str]:
+    from qflare.protocol.identity import IdentityError, parse_certificate
+
     try:
         body = parse_certificate(certificate)
     except IdentityError:

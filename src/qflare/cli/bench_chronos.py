@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
+from qflare.cli.options import ChronosMode, SchemeName
+
 Stage = Callable[[str], None]
 
 
@@ -27,7 +29,13 @@ def _parse_rtts(values: list[str]) -> tuple[float, ...]:
 def _run_staged(
     label: str, run: Callable[[Stage], dict[str, Any]], as_json: bool, output: Path | None
 ) -> None:
-    """Run a benchmark under a spinner showing its stage; print (and write) its JSON."""
+    """Run a benchmark under a spinner showing its stage; print (and write) its JSON.
+
+    Parameters that are each in range but do not fit together (``t > k``, no ``(k, t)`` for
+    ``n``) stop the run at its first step and are reported like any bad option (exit 2).
+    """
+    from qflare.protocol.errors import ProtocolError
+
     console = Console(stderr=True)
     with Progress(
         TextColumn("{task.description}"), TimeElapsedColumn(), console=console, disable=as_json
@@ -38,6 +46,8 @@ def _run_staged(
         except RuntimeError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(1) from None
+        except (ProtocolError, ValueError) as exc:
+            raise typer.BadParameter(str(exc).split("] ", 1)[-1]) from None
     text = json.dumps(result, indent=2)
     if output is not None:
         output.write_text(text)
@@ -46,13 +56,16 @@ def _run_staged(
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only.")]
 OutputOpt = Annotated[Path | None, typer.Option(help="Also write the JSON here.")]
-ClientsOpt = Annotated[int, typer.Option(help="Number of clients n.")]
-DimOpt = Annotated[int, typer.Option(help="Update length d.")]
-KOpt = Annotated[int | None, typer.Option(help="Closed-neighbourhood size; default: finder.")]
-TOpt = Annotated[int | None, typer.Option(help="Shamir threshold; default: finder.")]
-UpOpt = Annotated[float, typer.Option(help="Client uplink, Mbit/s.")]
-DownOpt = Annotated[float, typer.Option(help="Client downlink, Mbit/s.")]
-SchemeOpt = Annotated[str, typer.Option(help="mldsa65, ed25519 or hybrid.")]
+ClientsOpt = Annotated[int, typer.Option(min=2, help="Number of clients n.")]
+DimOpt = Annotated[int, typer.Option(min=1, help="Update length d.")]
+KOpt = Annotated[
+    int | None, typer.Option(min=2, help="Closed-neighbourhood size; default: finder.")
+]
+TOpt = Annotated[int | None, typer.Option(min=1, help="Shamir threshold; default: finder.")]
+UpOpt = Annotated[float, typer.Option(min=0.01, help="Client uplink, Mbit/s.")]
+DownOpt = Annotated[float, typer.Option(min=0.01, help="Client downlink, Mbit/s.")]
+SchemeOpt = Annotated[SchemeName, typer.Option(help="Identity signatures.")]
+RepeatOpt = Annotated[int, typer.Option(min=1, help="Repeats (medians are reported).")]
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -64,7 +77,9 @@ def register(bench_app: typer.Typer) -> None:
         dim: DimOpt = 100_000,
         k: KOpt = None,
         t: TOpt = None,
-        dropout: Annotated[float, typer.Option(help="Fraction of clients that drop.")] = 0.0,
+        dropout: Annotated[
+            float, typer.Option(min=0.0, max=0.99, help="Fraction of clients that drop.")
+        ] = 0.0,
         rtt_ms: Annotated[
             list[str] | None,
             typer.Option(help="Round-trip time(s) in ms: repeat or comma-separate."),
@@ -72,7 +87,7 @@ def register(bench_app: typer.Typer) -> None:
         uplink_mbps: UpOpt = 20.0,
         downlink_mbps: DownOpt = 100.0,
         scheme: SchemeOpt = "mldsa65",
-        repeat: Annotated[int, typer.Option(help="Repeats (medians are reported).")] = 3,
+        repeat: RepeatOpt = 3,
         enclave: Annotated[
             bool, typer.Option(help="Also measure one device on the simulated enclave.")
         ] = True,
@@ -103,7 +118,7 @@ def register(bench_app: typer.Typer) -> None:
         dims: Annotated[
             str, typer.Option(help="Model sizes d, comma-separated.")
         ] = "10000,100000,1000000,10000000",
-        mode: Annotated[str, typer.Option(help="chronos or chronos-dm.")] = "chronos-dm",
+        mode: Annotated[ChronosMode, typer.Option(help="CHRONOS variant.")] = "chronos-dm",
         scheme: SchemeOpt = "mldsa65",
         as_json: JsonFlag = False,
         output: OutputOpt = None,
@@ -114,11 +129,9 @@ def register(bench_app: typer.Typer) -> None:
 
         try:
             sizes = [int(v) for v in dims.split(",") if v.strip()]
-            chosen = Mode(mode)
         except ValueError:
-            raise typer.BadParameter(
-                "--dims takes integers; --mode chronos or chronos-dm"
-            ) from None
+            raise typer.BadParameter("--dims takes integers, comma-separated") from None
+        chosen = Mode(mode)
         if not sizes or min(sizes) < 1:
             raise typer.BadParameter("--dims needs positive sizes")
         _run_staged(
@@ -130,15 +143,17 @@ def register(bench_app: typer.Typer) -> None:
 
     @bench_app.command("chronos-net")
     def bench_chronos_net(
-        clients: Annotated[int, typer.Option(help="Number of clients n (one process each).")] = 20,
+        clients: Annotated[
+            int, typer.Option(min=2, help="Number of clients n (one process each).")
+        ] = 20,
         dim: DimOpt = 100_000,
         k: KOpt = None,
         t: TOpt = None,
-        rtt_ms: Annotated[float, typer.Option(help="Round-trip time, ms.")] = 50.0,
+        rtt_ms: Annotated[float, typer.Option(min=0.0, help="Round-trip time, ms.")] = 50.0,
         uplink_mbps: UpOpt = 20.0,
         downlink_mbps: DownOpt = 100.0,
         scheme: SchemeOpt = "mldsa65",
-        repeat: Annotated[int, typer.Option(help="Rounds per protocol (medians reported).")] = 3,
+        repeat: RepeatOpt = 3,
         loopback: Annotated[
             bool, typer.Option(help="Loopback with delay only (no root: no bandwidth shaping).")
         ] = False,

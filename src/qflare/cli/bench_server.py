@@ -10,23 +10,33 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from qflare.bench.server_http import concurrent_round
-from qflare.bench.server_inproc import handshake_rate, upload_rate
-
 
 def register(bench_app: typer.Typer) -> None:
     """Add the ``server`` benchmark to the ``bench`` group."""
 
     @bench_app.command("server")
     def bench_server(
-        handshakes: Annotated[int, typer.Option(help="Handshakes to time (server side).")] = 500,
-        uploads: Annotated[int, typer.Option(help="Masked uploads to time (server side).")] = 200,
-        upload_dim: Annotated[int, typer.Option(help="Upload length (uint32 words).")] = 100_000,
-        nodes: Annotated[int, typer.Option(help="Concurrent nodes over HTTP (0 skips).")] = 500,
-        node_dim: Annotated[int, typer.Option(help="Model size of the concurrent round.")] = 10_000,
+        handshakes: Annotated[
+            int, typer.Option(min=1, help="Handshakes to time (server side).")
+        ] = 500,
+        uploads: Annotated[
+            int, typer.Option(min=1, help="Masked uploads to time (server side).")
+        ] = 200,
+        upload_dim: Annotated[
+            int, typer.Option(min=1, help="Upload length (uint32 words).")
+        ] = 100_000,
+        nodes: Annotated[
+            int, typer.Option(min=0, help="Concurrent nodes over HTTP (0 skips).")
+        ] = 500,
+        node_dim: Annotated[
+            int, typer.Option(min=1, help="Model size of the concurrent round.")
+        ] = 10_000,
         output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
     ) -> None:
         """Server throughput (in-process, server side only) and an N-node round over loopback HTTP."""
+        from qflare.bench.server_http import concurrent_round
+        from qflare.bench.server_inproc import handshake_rate, upload_rate
+
         console = Console(stderr=True)
         with console.status("timing handshakes"):
             hs = handshake_rate(handshakes)

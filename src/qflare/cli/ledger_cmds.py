@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from qflare.cli.server_cmds import ConfigOpt, load_settings
-from qflare.crypto import SystemRng
-from qflare.ledger import LedgerError, LedgerForked, decode_public_key, encode_public_key
-from qflare.ledger import key_fingerprint as fingerprint
-from qflare.node.ledger_audit import AuditorRecord, VerifyReport, verify_server
-from qflare.node.ledger_watch import WitnessConfig
-from qflare.node.transport import HttpApi, TransportError
-from qflare.server.identity import load_or_create_identity
-from qflare.store.files import write_atomic
+
+if TYPE_CHECKING:  # loaded inside the commands: `qflare --help` stays fast
+    from qflare.node.ledger_audit import AuditorRecord, VerifyReport
 
 ledger_app = typer.Typer(
     help="The audit ledger: export the ledger key, audit a server from the outside.",
@@ -41,16 +35,23 @@ def server_key_cmd(
     ] = None,
 ) -> None:
     """Write the server's ledger public key file (the server key is made on first use)."""
+    from qflare.crypto import SystemRng
+    from qflare.ledger import encode_public_key, key_fingerprint
+    from qflare.server.identity import load_or_create_identity
+    from qflare.store.files import write_atomic
+
     settings = load_settings(config, state_dir=state_dir)
     signer = load_or_create_identity(settings.state_dir, SystemRng())
     target = out or settings.state_dir / KEY_FILE
     write_atomic(target, encode_public_key(signer.public_key, "server ledger").encode(), 0o644)
     console = Console()
-    console.print(f"[green]wrote[/] {target}  (sha256 {fingerprint(signer.public_key).hex()})")
+    console.print(f"[green]wrote[/] {target}  (sha256 {key_fingerprint(signer.public_key).hex()})")
     console.print(f"Each witness pins it: qflare witness serve --dir DIR --server-key {target}")
 
 
 def _read_key(path: Path, option: str) -> bytes:
+    from qflare.ledger import decode_public_key
+
     try:
         return decode_public_key(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -58,6 +59,10 @@ def _read_key(path: Path, option: str) -> bytes:
 
 
 def _read_record(path: Path | None) -> AuditorRecord | None:
+    import msgspec
+
+    from qflare.node.ledger_audit import AuditorRecord
+
     if path is None or not path.exists():
         return None
     try:
@@ -69,6 +74,8 @@ def _read_record(path: Path | None) -> AuditorRecord | None:
 
 
 def _print_report(console: Console, server: str, report: VerifyReport, quorum: int, n: int) -> None:
+    from qflare.ledger import key_fingerprint as fingerprint
+
     sth = report.head.sth
     signed = dt.datetime.fromtimestamp(sth.timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     table = Table(title=f"audit ledger of {server}: [bold green]OK[/]", show_header=False)
@@ -117,6 +124,14 @@ def verify_cmd(
     ] = None,
 ) -> None:
     """Audit a server's ledger from the outside; exit 1 on any failure."""
+    import msgspec
+
+    from qflare.ledger import LedgerError, LedgerForked
+    from qflare.node.ledger_audit import verify_server
+    from qflare.node.ledger_watch import WitnessConfig
+    from qflare.node.transport import HttpApi, TransportError
+    from qflare.store.files import write_atomic
+
     try:
         witnesses = WitnessConfig.from_files(witness_key, quorum)
     except ValueError as exc:

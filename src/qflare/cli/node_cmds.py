@@ -6,34 +6,29 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from qflare.crypto import SignatureScheme
-from qflare.node import (
-    NodeFatalError,
-    NodeState,
-    ServerError,
-    StateError,
-    TrainingConfig,
-    TransportError,
+from qflare.cli.faults import fail
+from qflare.cli.options import (
+    DatasetName,
+    LogLevel,
+    SchemeName,
+    check_partition,
+    check_trainer_spec,
 )
-from qflare.node.launch import (
-    DEFAULT_STATE_DIR,
-    EnrollOptions,
-    RunOptions,
-    configure_logging,
-    enroll_node,
-    run_node,
-)
-from qflare.protocol.policy import ClientPolicy
+from qflare.logs import configure_logging
+
+if TYPE_CHECKING:  # loaded inside the commands: `qflare --help` stays fast
+    from qflare.node import TrainingConfig
 
 node_app = typer.Typer(
     help="Edge node: enroll once with a token, then take part in secure-aggregation rounds.",
     no_args_is_help=True,
 )
 
+DEFAULT_STATE_DIR = Path("qflare-node")  # qflare.node.launch.DEFAULT_STATE_DIR (tests check)
 StateDir = Annotated[
     Path, typer.Option(help="Node state directory (keys 0600, enrollment, used round ids).")
 ]
@@ -44,12 +39,13 @@ Ca = Annotated[
 Insecure = Annotated[
     bool, typer.Option("--insecure", help="Allow plain http:// (tests on loopback only: no TLS).")
 ]
-LogLevel = Annotated[str, typer.Option(help="Log level (JSON lines on stderr).")]
+LogLevelOpt = Annotated[
+    LogLevel, typer.Option(case_sensitive=False, help="Log level (JSON lines on stderr).")
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(code)
+    return fail(message, code)
 
 
 @node_app.command("enroll")
@@ -66,11 +62,15 @@ def enroll_cmd(
     insecure: Insecure = False,
     state_dir: StateDir = DEFAULT_STATE_DIR,
     scheme: Annotated[
-        str, typer.Option(help="Identity signatures of the federation: mldsa65, ed25519, hybrid.")
+        SchemeName, typer.Option(help="Identity signatures of the federation.")
     ] = "mldsa65",
-    log_level: LogLevel = "WARNING",
+    log_level: LogLevelOpt = "warning",
 ) -> None:
     """Create this node's keys and have the enrollment authority certify them (via the server)."""
+    from qflare.crypto import SignatureScheme
+    from qflare.node import NodeState, ServerError, StateError, TransportError
+    from qflare.node.launch import EnrollOptions, enroll_node
+
     configure_logging(log_level)
     try:
         options = EnrollOptions(server, token, state_dir, ca, insecure, SignatureScheme(scheme))
@@ -90,6 +90,8 @@ def enroll_cmd(
 
 
 def _training(shard: int | None, shards: int | None, **fields: Any) -> TrainingConfig:
+    from qflare.node import TrainingConfig
+
     if shard is None or shards is None:
         raise typer.BadParameter("real training needs --shard I and --shards N (or --trainer)")
     try:
@@ -114,27 +116,42 @@ def run_cmd(
     state_dir: StateDir = DEFAULT_STATE_DIR,
     ca: Ca = None,
     insecure: Insecure = False,
-    dataset: Annotated[str, typer.Option(help="mnist or digits.")] = "mnist",
+    dataset: Annotated[DatasetName, typer.Option(help="Dataset of the federation.")] = "mnist",
     partition: Annotated[
-        str, typer.Option(help="iid, dirichlet:ALPHA or shards:K.")
+        str, typer.Option(parser=check_partition, help="iid, dirichlet:ALPHA or shards:K.")
     ] = "dirichlet:0.5",
-    shard: Annotated[int | None, typer.Option(help="This node's partition index I.")] = None,
-    shards: Annotated[int | None, typer.Option(help="Number of partitions N.")] = None,
+    shard: Annotated[
+        int | None,
+        typer.Option(min=0, help="This node's partition index I, 0..N-1 (required, or --trainer)."),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option(min=1, help="Number of partitions N (required with --shard, or --trainer)."),
+    ] = None,
     data_seed: Annotated[
-        int, typer.Option(help="Seed of the split (the same on every node of a federation).")
+        int,
+        typer.Option(
+            min=0,
+            max=2**32 - 1,
+            help="Seed of the split (the same on every node of a federation).",
+        ),
     ] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Local epochs per round.")] = 1,
     lr: Annotated[float, typer.Option(min=0.0, help="Local SGD learning rate.")] = 0.02,
     batch_size: Annotated[int, typer.Option(min=1, help="Local batch size.")] = 32,
     trainer: Annotated[
-        str | None, typer.Option(help="Test trainer constant:SEED[:WEIGHT] instead of a dataset.")
+        str | None,
+        typer.Option(
+            parser=check_trainer_spec,
+            help="Test trainer constant:SEED\\[:WEIGHT] instead of a dataset.",
+        ),
     ] = None,
     max_rounds: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many rounds.")
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(help="TEST ONLY: seed masks and rounding (predictable to anyone)."),
+        typer.Option(min=0, help="TEST ONLY: seed masks and rounding (predictable to anyone)."),
     ] = None,
     poll_wait: Annotated[float, typer.Option(min=0.0, help="Long-poll seconds.")] = 10.0,
     enclave: Annotated[
@@ -178,11 +195,18 @@ def run_cmd(
             "this device's enclave platform so that it can attest.",
         ),
     ] = None,
-    log_level: LogLevel = "INFO",
+    log_level: LogLevelOpt = "info",
 ) -> None:
-    """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done."""
-    configure_logging(log_level)
-    training = (
+    """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done.
+
+    Real training needs --shard I and --shards N (this node's part of the federation's split);
+    --trainer replaces them in tests.
+    """
+    from qflare.node import NodeFatalError, StateError
+    from qflare.node.launch import RunOptions, run_node
+    from qflare.protocol.policy import ClientPolicy
+
+    training = (  # checked before anything else happens
         None
         if trainer is not None
         else _training(
@@ -213,6 +237,7 @@ def run_cmd(
         witness_keys=tuple(witness_key or ()),
         witness_quorum=witness_quorum,
     )
+    configure_logging(log_level)
     stop = threading.Event()
     _install_stop_handlers(stop)
     try:

@@ -19,22 +19,20 @@ import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
-from sqlalchemy.orm import Session, sessionmaker
 
-from qflare.crypto.x509 import SERVER_VALID_DAYS, describe_certificate
-from qflare.ledger import Ledger
-from qflare.protocol.identity import IdentityError, parse_certificate
-from qflare.server.settings import ServerSettings
-from qflare.server.tls import StartupRefused, TlsFiles, check_startup, init_tls_dir, serve
-from qflare.store import repos
-from qflare.store.db import make_engine, migrate, session_factory
+from qflare.cli.options import LogLevel
+from qflare.cli.settings_cmds import OPENAPI_NOTE, settings_cmd
+
+if TYPE_CHECKING:  # the heavy modules load inside the commands: `qflare --help` stays fast
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from qflare.server.settings import ServerSettings
 
 certs_app = typer.Typer(help="TLS certificates of the server.", no_args_is_help=True)
 device_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
@@ -76,6 +74,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     Raises:
         ValueError: unknown suffix, unreadable content, not a table, or unknown keys.
     """
+    from qflare.server.settings import ServerSettings
+
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix == ".toml":
@@ -100,13 +100,20 @@ def load_settings(config: Path | None = None, **overrides: Any) -> ServerSetting
     Raises:
         typer.BadParameter: the file or a value is invalid.
     """
+    from pydantic import ValidationError
+
+    from qflare.cli.faults import describe_validation_error
+    from qflare.server.settings import ServerSettings
+
     try:
         values = read_config_file(config) if config is not None else {}
         env = ServerSettings()
         values |= {name: getattr(env, name) for name in env.model_fields_set}
         values |= {k: v for k, v in overrides.items() if v is not None}
         return ServerSettings(**values)
-    except (ValueError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise typer.BadParameter(describe_validation_error(exc)) from exc
+    except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
 
 
@@ -124,6 +131,8 @@ def _when(ts: float | None) -> str:
 @contextlib.contextmanager
 def _database(settings: ServerSettings) -> Iterator[sessionmaker[Session]]:
     """The server's database (migrated), for the duration of one admin command."""
+    from qflare.store.db import make_engine, migrate, session_factory
+
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
@@ -133,6 +142,9 @@ def _database(settings: ServerSettings) -> Iterator[sessionmaker[Session]]:
 
 
 def _audit(factory: sessionmaker[Session], kind: str, payload: dict[str, str | float]) -> None:
+    from qflare.ledger import Ledger
+    from qflare.store import repos
+
     Ledger(repos.SqlLedgerStore(factory)).append(kind, OPERATOR, payload, time.time())
 
 
@@ -147,11 +159,16 @@ def certs_init(
     hosts: Annotated[
         str, typer.Option(help="Comma-separated DNS names and IP addresses of the server.")
     ] = "localhost,127.0.0.1",
-    days: Annotated[int, typer.Option(help="Server certificate validity.")] = SERVER_VALID_DAYS,
+    days: Annotated[
+        int, typer.Option(min=1, max=3650, help="Server certificate validity in days.")
+    ] = 397,  # qflare.crypto.x509.SERVER_VALID_DAYS (tests/cli/test_options.py checks)
     force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Make a private CA and a server certificate signed by it (ca.pem, server.pem, server.key)."""
+    from qflare.crypto.x509 import describe_certificate
+    from qflare.server.tls import init_tls_dir
+
     target = directory or load_settings(config).state_dir / "tls"
     try:
         files = init_tls_dir(target, hosts.split(","), force=force, server_days=days)
@@ -175,6 +192,8 @@ def certs_init(
 
 def _default_tls(settings: ServerSettings) -> ServerSettings:
     """Use ``STATE_DIR/tls`` (from ``qflare certs init``) when no TLS files were named."""
+    from qflare.server.tls import TlsFiles
+
     files = TlsFiles.in_dir(settings.state_dir / "tls")
     if settings.insecure or settings.tls_cert or settings.tls_key or not files.key.exists():
         return settings
@@ -195,9 +214,10 @@ def _warn_insecure(err: Console, settings: ServerSettings) -> None:
 
 
 def server(
+    ctx: typer.Context,
     config: ConfigOpt = None,
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
-    port: Annotated[int | None, typer.Option(help="Bind port.")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Bind port.")] = None,
     database_url: DatabaseOpt = None,
     state_dir: Annotated[Path | None, typer.Option(help="Server key and TLS directory.")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM).")] = None,
@@ -208,9 +228,22 @@ def server(
     dev: Annotated[
         bool | None, typer.Option("--dev", help="Development mode: allow unsafe settings.")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            case_sensitive=False,
+            help="JSON-lines log on stderr; per-request access log only at debug (default: info).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the QFLARE server (TLS required unless --insecure)."""
+    """Run the QFLARE server (TLS required unless --insecure).
+
+    Every setting (with its QFLARE_ variable and default) is listed by `qflare server settings`.
+    """
+    if ctx.invoked_subcommand is not None:  # `qflare server settings`
+        return
+    from qflare.server.tls import StartupRefused, check_startup
+
     settings = _default_tls(
         load_settings(
             config,
@@ -222,6 +255,7 @@ def server(
             tls_key=tls_key,
             insecure=insecure,
             dev=dev,
+            log_level=log_level,
         )
     )
     err = Console(stderr=True)
@@ -235,7 +269,14 @@ def server(
         _warn_insecure(err, settings)
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}")
-    serve(settings, log_level)
+    serve(settings, settings.log_level)
+
+
+def serve(settings: ServerSettings, log_level: str) -> None:
+    """Serve until interrupted (:func:`qflare.server.tls.serve`, imported only now)."""
+    from qflare.server.tls import serve as serve_tls
+
+    serve_tls(settings, log_level)
 
 
 # ---- qflare device -----------------------------------------------------------------------------
@@ -248,6 +289,8 @@ def device_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> N
     A node that declines a round (its policy refuses the parameters, or a peer's identity does
     not check out) or that leaves sends a signed notice; the last one is shown with its time.
     """
+    from qflare.store import repos
+
     with _database(load_settings(config, database_url=database_url)) as factory, factory() as db:
         rows = repos.all_devices(db)
     table = Table(
@@ -279,6 +322,8 @@ def device_list(config: ConfigOpt = None, database_url: DatabaseOpt = None) -> N
 
 def _serial(certificate: bytes | None) -> str:
     """The certificate's serial (``-`` for a device enrolled before the authority)."""
+    from qflare.protocol.identity import IdentityError, parse_certificate
+
     if certificate is None:
         return "-"
     try:
@@ -294,6 +339,8 @@ def device_revoke(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Revoke a device: it can no longer open sessions or submit results (audited)."""
+    from qflare.store import repos
+
     with _database(load_settings(config, database_url=database_url)) as factory:
         with factory() as db, db.begin():
             done = repos.revoke_device(db, device_id, time.time())
@@ -306,7 +353,10 @@ def device_revoke(
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``server``, ``certs`` and ``device`` to the ``qflare`` app."""
-    app.command("server")(server)
+    """Add ``server`` (and ``server settings``), ``certs`` and ``device`` to the ``qflare`` app."""
+    server_app = typer.Typer(invoke_without_command=True, epilog=OPENAPI_NOTE)
+    server_app.callback()(server)
+    server_app.command("settings")(settings_cmd)
+    app.add_typer(server_app, name="server")
     app.add_typer(certs_app, name="certs")
     app.add_typer(device_app, name="device")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROTOCOLS = ("secagg+", "secagg", "plain")
-"""Aggregation protocols ``qflare simulate`` accepts."""
+from qflare.cli.options import PROTOCOLS
+
+__all__ = ["PROTOCOLS", "Settings"]
 
 
 class Settings(BaseSettings):

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from qflare.cli.settings import PROTOCOLS
 from qflare.crypto import SignatureScheme
-from qflare.fl import Aggregator, PlainAggregator
+from qflare.fl import Aggregator, Dataset, PlainAggregator, load_dataset, partition
 from qflare.sim.federated import FederatedConfig, RoundMetrics, SimulationResult, run_federated
 from qflare.sim.report import plot_accuracy, write_metrics_json
 from qflare.sim.secure import SecAggAggregator, SecureProtocol
@@ -43,7 +43,37 @@ def make_aggregator(protocol: str, dropout: float, scheme: str, seed: int) -> Ag
     )
 
 
-def _run(console: Console, label: str, cfg: FederatedConfig, agg: Aggregator) -> SimulationResult:
+def cohort_size(cfg: FederatedConfig) -> int:
+    """Clients sampled per round (as :func:`qflare.fl.sample_clients` draws them)."""
+    wanted = max(cfg.min_fit_clients, round(cfg.fraction_fit * cfg.num_clients))
+    return min(cfg.num_clients, wanted)
+
+
+def prepare(cfg: FederatedConfig, protocol: str, dropout: float) -> Dataset:
+    """Load the data and check that the federation can be built, before any training.
+
+    Raises:
+        ValueError: no secure round parameters for the cohort, or too few examples for the
+            clients of the partition.
+    """
+    agg = make_aggregator(protocol, dropout, "ed25519", cfg.seed)
+    if isinstance(agg, SecAggAggregator):
+        n = cohort_size(cfg)
+        if n < 3:
+            raise ValueError(f"secure aggregation needs at least 3 clients per round, not {n}")
+        try:
+            agg.round_parameters(n)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: sample more clients or plan for fewer dropouts") from exc
+    data = load_dataset(cfg.dataset, cfg.seed)
+    labels = data.y_train.numpy()
+    partition(labels, cfg.num_clients, cfg.partition, cfg.seed, min_samples=cfg.min_partition_size)
+    return data
+
+
+def _run(
+    console: Console, label: str, cfg: FederatedConfig, agg: Aggregator, data: Dataset
+) -> SimulationResult:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -58,7 +88,7 @@ def _run(console: Console, label: str, cfg: FederatedConfig, agg: Aggregator) ->
                 task, advance=1, description=f"{label}: round {round_id} acc {m.accuracy:.3f}"
             )
 
-        return run_federated(cfg, agg, progress=step)
+        return run_federated(cfg, agg, progress=step, data=data)
 
 
 def _table(console: Console, runs: dict[str, SimulationResult]) -> None:
@@ -79,21 +109,22 @@ def _table(console: Console, runs: dict[str, SimulationResult]) -> None:
 
 
 def run_simulation(
-    console: Console, cfg: FederatedConfig, opts: SimulateOptions
+    console: Console, cfg: FederatedConfig, opts: SimulateOptions, data: Dataset | None = None
 ) -> dict[str, SimulationResult]:
-    """Run the simulation (and the plain baseline if asked), print, and write JSON and PNG."""
-    runs = {
-        opts.protocol: _run(
-            console,
-            opts.protocol,
-            cfg,
-            make_aggregator(opts.protocol, opts.dropout, opts.scheme, cfg.seed),
-        )
-    }
+    """Run the simulation (and the plain baseline if asked), print, and write JSON and PNG.
+
+    Args:
+        console: Where progress and results go.
+        cfg: The federation.
+        opts: Protocol, dropouts, baseline, output folder.
+        data: The dataset from :func:`prepare` (loaded here if ``None``).
+    """
+    data = data if data is not None else load_dataset(cfg.dataset, cfg.seed)
+    agg = make_aggregator(opts.protocol, opts.dropout, opts.scheme, cfg.seed)
+    runs = {opts.protocol: _run(console, opts.protocol, cfg, agg, data)}
     if opts.compare_plain and opts.protocol != "plain":
-        runs["plain"] = _run(
-            console, "plain", cfg, make_aggregator("plain", opts.dropout, opts.scheme, cfg.seed)
-        )
+        plain = make_aggregator("plain", opts.dropout, opts.scheme, cfg.seed)
+        runs["plain"] = _run(console, "plain", cfg, plain, data)
     _table(console, runs)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = write_metrics_json(
@@ -112,10 +143,12 @@ def run_simulation(
     return runs
 
 
-def accuracy_parity(cfg: FederatedConfig, scheme: str) -> dict[str, object]:
+def accuracy_parity(
+    cfg: FederatedConfig, scheme: str, data: Dataset | None = None
+) -> dict[str, object]:
     """The accuracy benchmark: secure (SecAgg+) vs plain FedAvg, same seed, no dropouts."""
-    secure = run_federated(cfg, make_aggregator("secagg+", 0.0, scheme, cfg.seed))
-    plain = run_federated(cfg, make_aggregator("plain", 0.0, scheme, cfg.seed))
+    secure = run_federated(cfg, make_aggregator("secagg+", 0.0, scheme, cfg.seed), data=data)
+    plain = run_federated(cfg, make_aggregator("plain", 0.0, scheme, cfg.seed), data=data)
     gap = (plain.final_accuracy - secure.final_accuracy) * 100
     return {
         "benchmark": "accuracy",

@@ -8,13 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 
-from qflare.crypto import SystemRng
-from qflare.ledger import decode_public_key, key_fingerprint
-from qflare.node.launch import configure_logging
-from qflare.witness import WitnessDir, WitnessDirError, WitnessService, create_witness_app
+from qflare.cli.faults import fail
+from qflare.cli.options import LogLevel
 
 witness_app = typer.Typer(
     help="Ledger witness: cosigns the server's tree heads only if they extend what it cosigned.",
@@ -27,13 +24,16 @@ WitnessDirOpt = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/] {message}")
-    return typer.Exit(1)
+    return fail(message)
 
 
 @witness_app.command("init")
 def init(directory: WitnessDirOpt) -> None:
     """Make the witness's ML-DSA-65 key (seed 0600) and its public key file."""
+    from qflare.crypto import SystemRng
+    from qflare.ledger import key_fingerprint
+    from qflare.witness import WitnessDir, WitnessDirError
+
     try:
         wdir, public_key = WitnessDir.init(directory, SystemRng())
     except WitnessDirError as exc:
@@ -58,20 +58,34 @@ def serve(
     ],
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Bind port.")] = 9100,
-    log_level: Annotated[str, typer.Option(help="Log level (JSON lines on stderr).")] = "info",
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            case_sensitive=False,
+            help="JSON-lines log on stderr; per-request access log only at debug.",
+        ),
+    ] = "info",
 ) -> None:
     """Serve POST /v1/cosign and GET /v1/witness until interrupted."""
+    import uvicorn
+
+    from qflare.ledger import decode_public_key
+    from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
+    from qflare.witness import WitnessDir, WitnessDirError, WitnessService, create_witness_app
+
     try:
         key = decode_public_key(server_key.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--server-key") from exc
-    configure_logging(log_level)
+    configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     wdir = WitnessDir(directory)
     try:
         with wdir.lock():
             service = WitnessService.open(wdir, key, time.time)
             app = create_witness_app(service)
-            uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+            uvicorn.run(
+                app, host=host, port=port, server_header=False, **uvicorn_log_options(log_level)
+            )
     except WitnessDirError as exc:
         raise _fail(str(exc)) from exc
 
@@ -79,6 +93,9 @@ def serve(
 @witness_app.command("status")
 def status(directory: WitnessDirOpt) -> None:
     """Show the pinned ledger and the last head this witness cosigned."""
+    from qflare.ledger import decode_public_key, key_fingerprint
+    from qflare.witness import WitnessDir, WitnessDirError
+
     path = WitnessDir(directory).public_key_file
     try:
         public_key = decode_public_key(path.read_text(encoding="utf-8"))

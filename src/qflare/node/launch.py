@@ -6,7 +6,6 @@ The CLI parses flags into :class:`RunOptions` / :class:`EnrollOptions` and calls
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from qflare.crypto import DeterministicRng, Rng, SignatureScheme, SystemRng
+from qflare.logs import StructuredFormatter, configure_logging
 from qflare.node.chronos import EnclaveKeystores
 from qflare.node.enroll import enroll
 from qflare.node.ledger_watch import LedgerWatch, WitnessConfig
@@ -35,34 +35,6 @@ __all__ = [
 ]
 
 DEFAULT_STATE_DIR = Path("qflare-node")
-_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class StructuredFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's ``extra`` fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render ``record`` as JSON."""
-        body: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        body.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, default=str)
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Send ``qflare`` logs to stderr as JSON lines."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(StructuredFormatter())
-    root = logging.getLogger("qflare")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +21,8 @@ class ServerSettings(BaseSettings):
         tls_key: Server private key (PEM).
         insecure: Serve plain HTTP (loudly warned; for tests on loopback only).
         dev: Development mode (allows default secrets).
+        log_level: Level of the JSON-lines log on stderr (``debug``, ``info``, ``warning``,
+            ``error``, ``critical``); the per-request access log is written only at ``debug``.
         signature_scheme: Identity scheme of the server and devices.
         protocol: ``secagg+`` (sparse Harary graph, finder's k and t), ``secagg`` (complete
             graph), or ``chronos`` / ``chronos-dm`` (epochs: offline setup once, then rounds).
@@ -76,11 +78,12 @@ class ServerSettings(BaseSettings):
     database_url: str = "sqlite:///qflare-server.db"
     state_dir: Path = Path("qflare-server")
     host: str = "127.0.0.1"
-    port: int = 8443
+    port: int = Field(default=8443, ge=0, le=65535)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = False
     dev: bool = False
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     signature_scheme: str = "mldsa65"
     protocol: Literal["secagg+", "secagg", "chronos", "chronos-dm"] = "secagg+"
     chronos_rounds_per_epoch: int = Field(default=10, ge=1)
@@ -121,6 +124,11 @@ class ServerSettings(BaseSettings):
     witness_quorum: int | None = None
     witness_timeout_s: float = Field(default=5.0, gt=0)
     witness_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_witnesses(self) -> ServerSettings:

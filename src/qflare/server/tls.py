@@ -28,6 +28,7 @@ from qflare.crypto.x509 import (
     issue_server_cert,
     make_ca,
 )
+from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
 from qflare.server.app import create_app
 from qflare.server.authority_client import load_authority_key
 from qflare.server.settings import ServerSettings
@@ -228,7 +229,7 @@ def uvicorn_config(
         ssl_ciphers=TLS_CIPHERS,
         proxy_headers=False,  # per-IP limits must see the real peer, not a claimed one
         server_header=False,
-        log_level=log_level,
+        **uvicorn_log_options(log_level),  # JSON lines via qflare.logs; access log at debug only
     )
     config.load()
     if config.ssl is not None:
@@ -237,5 +238,10 @@ def uvicorn_config(
 
 
 def serve(settings: ServerSettings, log_level: str = "info") -> None:
-    """Run the server until interrupted (call :func:`check_startup` first)."""
+    """Run the server until interrupted (call :func:`check_startup` first).
+
+    Logs go to stderr as JSON lines (``qflare`` and ``uvicorn`` loggers); the per-request access
+    log only at ``debug``.
+    """
+    configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()

@@ -80,13 +80,19 @@ class SecAggAggregator:
             self._certs[client] = self._authority.certify(client, self._signer(client))
         return self._certs[client]
 
-    def _config(self, round_id: int, ids: tuple[int, ...], dim: int) -> RoundConfig:
-        n = len(ids)
+    def round_parameters(self, n: int) -> tuple[int, int]:
+        """``(k, t)`` of a round with ``n`` sampled clients.
+
+        Raises:
+            ValueError: SecAgg+ has no ``(k, t)`` for ``n`` clients at this dropout rate.
+        """
         if self.protocol is SecureProtocol.SECAGG:
-            k, t = n, complete_threshold(n, ClientPolicy().corrupt_fraction)
-        else:
-            p = find_params(n, dropout_fraction=max(self.dropout, 0.01))
-            k, t = p.k, p.t
+            return n, complete_threshold(n, ClientPolicy().corrupt_fraction)
+        p = find_params(n, dropout_fraction=max(self.dropout, 0.01))
+        return p.k, p.t
+
+    def _config(self, round_id: int, ids: tuple[int, ...], dim: int) -> RoundConfig:
+        k, t = self.round_parameters(len(ids))
         return RoundConfig(
             session=self.session,
             round_id=round_id,

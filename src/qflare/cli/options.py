@@ -1,0 +1,60 @@
+"""Choices and value checks shared by the commands, cheap to import.
+
+Every command module is imported when ``qflare`` starts (even for ``--help``), so what they need
+at definition time lives here and imports nothing heavy: choices are ``Literal`` types (Typer
+turns them into choice options; ``tests/cli/test_options.py`` checks them against the library's
+enums), and the string checks below run while options are parsed, before any work starts
+(they import the library's own parser only then).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = [
+    "PROTOCOLS",
+    "ChronosMode",
+    "DatasetName",
+    "LogLevel",
+    "SchemeName",
+    "SimProtocol",
+    "StrategyName",
+    "check_partition",
+    "check_trainer_spec",
+]
+
+SchemeName = Literal["mldsa65", "ed25519", "hybrid"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+DatasetName = Literal["mnist", "digits"]
+SimProtocol = Literal["secagg+", "secagg", "plain"]
+StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
+ChronosMode = Literal["chronos", "chronos-dm"]
+PROTOCOLS: tuple[str, ...] = get_args(SimProtocol)
+"""Aggregation protocols ``qflare simulate`` accepts."""
+
+
+def check_partition(value: str) -> str:
+    """A partition spec the federation understands (``iid``, ``dirichlet:ALPHA``, ``shards:K``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    from qflare.fl.partition import parse_partition
+
+    try:
+        parse_partition(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not iid, dirichlet:ALPHA (ALPHA > 0) or shards:K") from exc
+    return value
+
+
+def check_trainer_spec(value: str) -> str:
+    """A test trainer spec ``constant:SEED[:WEIGHT]``.
+
+    Raises:
+        ValueError: anything else (message from :func:`qflare.node.trainer.parse_trainer_spec`).
+    """
+    from qflare.node.trainer import parse_trainer_spec
+
+    parse_trainer_spec(value)
+    return value
