@@ -80,9 +80,12 @@ def _enroll_request(token: str, signer: MlDsa65Signer, kem: HybridKem) -> Enroll
     )
 
 
-async def _post(http: httpx.AsyncClient, tally: Tally, path: str, body: bytes) -> httpx.Response:
+async def _post(
+    http: httpx.AsyncClient, tally: Tally, path: str, body: bytes, session: str | None = None
+) -> httpx.Response:
     tally.requests += 1
-    r = await http.post(path, content=body, headers=MSGPACK)
+    headers = MSGPACK | ({"x-qflare-session": session} if session else {})
+    r = await http.post(path, content=body, headers=headers)
     if r.status_code >= 300:
         raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:200]}")
     return r
@@ -158,6 +161,7 @@ async def _node(base: str, token: str, tally: Tally, deadline: float) -> None:
                 msgspec.msgpack.encode(
                     SealedFrame(session_id=channel.session_id, seq=seq, ciphertext=ct)
                 ),
+                session=channel.session_id,
             )
             if task.message is not None and isinstance(
                 m.decode_server(task.message), m.UnmaskRequest

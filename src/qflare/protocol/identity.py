@@ -29,6 +29,7 @@ import msgspec
 
 from qflare.crypto import CryptoError, SignatureScheme, Signer, verify_signature
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
+from qflare.protocol.numbers import Finite
 
 __all__ = [
     "CERT_CONTEXT",
@@ -135,7 +136,7 @@ class CertificateBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     scheme: SignatureScheme
     identity_pk: bytes
     kem_pk: bytes
-    issued_at: float
+    issued_at: Finite
     version: int = _VERSION
 
 
@@ -220,7 +221,7 @@ class TokenClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     token_id: str
     authority: bytes
     label: str = ""
-    expires_at: float
+    expires_at: Finite
     version: int = _VERSION
 
 

@@ -57,6 +57,12 @@ class SessionTable:
             while len(self._live) > self._capacity:
                 self._live.popitem(last=False)
 
+    def is_live(self, session_id: str, now: float) -> bool:
+        """Whether ``session_id`` names an established, unexpired session (nothing raised)."""
+        with self._lock:
+            live = self._live.get(session_id)
+        return live is not None and live.channel.expires_at > now
+
     def get(self, session_id: str, now: float) -> LiveSession:
         """An established, unexpired session.
 

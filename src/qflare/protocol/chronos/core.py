@@ -39,6 +39,7 @@ from qflare.protocol.identity import (
     encode_authority_key,
     verify_endorsed_key,
 )
+from qflare.protocol.numbers import Finite
 from qflare.protocol.policy import ClientPolicy, check_round_params
 from qflare.protocol.seed import SeedParticipant, SeedState
 
@@ -69,7 +70,7 @@ class Phase(enum.StrEnum):
 class PolicyState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A :class:`~qflare.protocol.policy.ClientPolicy`, as sealed with the keystore."""
 
-    corrupt_fraction: float = 0.05
+    corrupt_fraction: Finite = 0.05
     security_bits: int = 40
     min_cohort: int = 3
     max_seed_restarts: int = 2
