@@ -169,7 +169,10 @@ async def read_body(request: Request, limit: int, bodies: BodyLimits) -> bytes:
             message = await asyncio.wait_for(request.receive(), timeout=max(wait, 0.0))
         except TimeoutError:
             raise ApiError(
-                408, "body_timeout", f"the body did not arrive in time ({size} bytes read)"
+                408,
+                "body_timeout",
+                f"the body did not arrive in time ({size} bytes read)",
+                headers={"Connection": "close"},  # RFC 9110 §15.5.9
             ) from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
