@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qflare.bench.report import render
 from qflare.cli.authority_cmds import authority_app
+from qflare.cli.bench_abuse import register as register_bench_abuse
 from qflare.cli.bench_chronos import register as register_bench_chronos
 from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.ledger_cmds import ledger_app
@@ -34,6 +35,7 @@ attack_app = typer.Typer(
 app.add_typer(attack_app, name="attack")
 register_bench_server(bench_app)
 register_bench_chronos(bench_app)
+register_bench_abuse(bench_app)
 register_server_commands(app)
 app.add_typer(node_app, name="node")
 app.add_typer(authority_app, name="authority")
