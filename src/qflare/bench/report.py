@@ -136,6 +136,18 @@ def server_rows(bench_dir: Path) -> list[str]:
     return rows
 
 
+def abuse_rows(bench_dir: Path) -> list[str]:
+    """Markdown row for honest rounds under a bad-request flood (``qflare bench abuse``)."""
+    data = _load(bench_dir / "abuse.json")
+    if data is None:
+        return []
+    cfg, flood = data["config"], data["flood"]
+    share = data["completed_share"]
+    return [
+        f"| Honest nodes' rounds while {cfg['rate']:,.0f} bad requests/s arrive from their own address ({cfg['nodes']} nodes, {cfg['rounds']} rounds, loopback; sent {flood['sent_per_s']:,.0f}/s, server answered {flood['answered_per_s']:,.0f}/s) | {100 * share:.0f} % completed by all | ≥ {100 * cfg['target']:.0f} % | {'met' if data['target_met'] else 'NOT met'} |"
+    ]
+
+
 def render(bench_dir: Path) -> str:
     """The generated section of docs/benchmarks.md."""
     lines = [
@@ -178,4 +190,5 @@ def render(bench_dir: Path) -> str:
             f"| iDLG PSNR, masked upload | {res['masked']['mean_psnr_db']:.1f} dB, labels {res['masked']['label_accuracy']:.2f} | ≤ 6 dB | {'met' if res['masked']['mean_psnr_db'] <= 6 else 'NOT met'} |"
         )
     lines += chronos_rows(bench_dir) + chronos_net_rows(bench_dir) + server_rows(bench_dir)
+    lines += abuse_rows(bench_dir)
     return "\n".join(lines)

@@ -6,7 +6,8 @@ the **device**'s token bucket. Every other request is *anonymous* and is charged
 **client IP** here, before routing, decoding or reading a body, and counted among the
 unauthenticated connections in progress (:class:`~qflare.server.limits.Inflight`): a burst of
 bad tokens from one address exhausts that address's anonymous budget, not the budget of the
-honest devices that share it.
+honest devices that share it. A poll or result naming a session that is not live is answered
+here too (401 ``session_unknown``), once charged, without routing it.
 
 When an answer leaves before the request body was read (a refusal), the guard adds
 ``Connection: close`` unless the rest of the body is small, so nobody keeps a connection busy by
@@ -19,8 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qflare.server.context import ServerContext
 from qflare.server.errors import ApiError, problem_for
+from qflare.server.sessions import unknown_session
 
 SESSION_HEADER = b"x-qflare-session"
+SESSION_PATHS = frozenset({"/v1/tasks", "/v1/results"})  # where the header is the credential
 SMALL_BODY = 64 * 1024  # an unread body up to this size is drained, not a reason to close
 _CLOSE = (b"connection", b"close")
 
@@ -72,6 +75,8 @@ class AbuseGuard:
         ip = client_ip(scope)
         try:
             ctx.limiter.check(f"ip:{ip}", now)
+            if session is not None and scope["path"] in SESSION_PATHS:
+                raise unknown_session()  # no route, decoding or body for a dead session
         except ApiError as exc:
             await problem_for(exc)(scope, receive, send)
             return
