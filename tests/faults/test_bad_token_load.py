@@ -53,3 +53,4 @@ def test_the_refusal_names_itself_and_says_when_to_come_back(live_factory):
         assert resp.headers["content-type"] == "application/problem+json"
         assert resp.json()["code"] == "rate_limited"
         assert int(resp.headers["retry-after"]) >= 1
+        assert resp.headers["connection"] == "close"  # nothing pipelined behind it is kept

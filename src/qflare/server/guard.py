@@ -9,9 +9,11 @@ bad tokens from one address exhausts that address's anonymous budget, not the bu
 honest devices that share it. A poll or result naming a session that is not live is answered
 here too (401 ``session_unknown``), once charged, without routing it.
 
-When an answer leaves before the request body was read (a refusal), the guard adds
-``Connection: close`` unless the rest of the body is small, so nobody keeps a connection busy by
-sending a large body to a server that has already said no.
+An anonymous request over budget (429) or over the cap (503) is answered with
+``Connection: close``: requests pipelined behind it are dropped unread, so a flood cannot make the
+server buffer its backlog. Any other answer that leaves before the request body was read gets
+``Connection: close`` too unless the rest of the body is small, so nobody keeps a connection busy
+by sending a large body to a server that has already said no.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class AbuseGuard:
             if session is not None and scope["path"] in SESSION_PATHS:
                 raise unknown_session()  # no route, decoding or body for a dead session
         except ApiError as exc:
-            await problem_for(exc)(scope, receive, send)
+            await _refuse(exc, scope, receive, send)
             return
         if not ctx.unauthenticated.acquire(ip):
             busy = ApiError(
@@ -87,12 +89,23 @@ class AbuseGuard:
                 "too many unauthenticated requests in progress; retry later",
                 headers={"Retry-After": "1"},
             )
-            await problem_for(busy)(scope, receive, send)
+            await _refuse(busy, scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)
         finally:
             ctx.unauthenticated.release(ip)
+
+
+async def _refuse(exc: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer an anonymous request that is over budget, and close its connection.
+
+    Requests pipelined behind it are dropped unread: a flood cannot queue work (or buffered
+    bytes) on a connection, it must open a new one, which the connection caps count.
+    """
+    if exc.status in (429, 503):
+        exc.headers["Connection"] = "close"
+    await problem_for(exc)(scope, receive, send)
 
 
 def _close_unless_read(receive: Receive, send: Send) -> tuple[Receive, Send]:
