@@ -20,6 +20,11 @@ def test_405_names_the_allowed_methods(server):
     assert code(resp) is None  # problem+json, no qflare code: it is HTTP's own
 
 
+def test_an_undeclared_method_is_405_even_with_a_session_header(server):
+    resp = server.client.request("TRACE", "/v1/tasks", headers={"X-QFLARE-Session": "0" * 32})
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET"
+
+
 def test_every_operation_documents_rate_limits_and_problems(server):
     spec = server.client.get("/openapi.json").json()
     for path, operations in spec["paths"].items():

@@ -25,7 +25,8 @@ from qflare.server.errors import ApiError, problem_for
 from qflare.server.sessions import unknown_session
 
 SESSION_HEADER = b"x-qflare-session"
-SESSION_PATHS = frozenset({"/v1/tasks", "/v1/results"})  # where the header is the credential
+SESSION_ROUTES = frozenset({("GET", "/v1/tasks"), ("POST", "/v1/results")})
+"""The operations whose ``X-QFLARE-Session`` header is their credential."""
 SMALL_BODY = 64 * 1024  # an unread body up to this size is drained, not a reason to close
 _CLOSE = (b"connection", b"close")
 
@@ -77,7 +78,7 @@ class AbuseGuard:
         ip = client_ip(scope)
         try:
             ctx.limiter.check(f"ip:{ip}", now)
-            if session is not None and scope["path"] in SESSION_PATHS:
+            if session is not None and (scope["method"], scope["path"]) in SESSION_ROUTES:
                 raise unknown_session()  # no route, decoding or body for a dead session
         except ApiError as exc:
             await _refuse(exc, scope, receive, send)
