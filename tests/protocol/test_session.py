@@ -3,7 +3,15 @@ import pytest
 
 from qflare.crypto import DeterministicRng, MlDsa65Signer
 from qflare.protocol.errors import RemoteProtocolError
-from qflare.protocol.session import C2S, S2C, HandshakeState, SessionInitiator, SessionResponder
+from qflare.protocol.session import (
+    C2S,
+    S2C,
+    ClientHello,
+    HandshakeState,
+    ServerHello,
+    SessionInitiator,
+    SessionResponder,
+)
 
 RNG = DeterministicRng(42)
 DEVICE = MlDsa65Signer.generate(RNG)
@@ -96,3 +104,25 @@ def test_sessions_have_distinct_ids_and_keys():
     seq, ct = a.seal(b"x", now=NOW, direction=C2S)
     with pytest.raises(RemoteProtocolError):
         b.open(seq, ct, now=NOW, direction=C2S)
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf"), float("-inf")])
+def test_a_signed_hello_with_a_non_finite_time_is_stale(when):
+    """NaN made ``abs(now - t) > skew`` false: the freshness check was skipped."""
+    device = SessionInitiator("dev-1", DEVICE, SERVER.public_key, DeterministicRng(11))
+    hello = device.hello(now=when)  # correctly signed over the non-finite time
+    with pytest.raises(RemoteProtocolError, match="stale") as info:
+        SessionResponder(SERVER, DeterministicRng(12)).respond(hello, DEVICE.public_key, now=NOW)
+    assert info.value.http_status == 401
+    with pytest.raises(msgspec.ValidationError):  # and it does not even decode
+        msgspec.msgpack.decode(msgspec.msgpack.encode(hello), type=ClientHello)
+
+
+def test_a_server_hello_with_a_nan_expiry_is_refused():
+    device = SessionInitiator("dev-1", DEVICE, SERVER.public_key, DeterministicRng(13))
+    server = SessionResponder(SERVER, DeterministicRng(14), lifetime_s=float("nan"))
+    reply = server.respond(device.hello(now=NOW), DEVICE.public_key, now=NOW)
+    with pytest.raises(RemoteProtocolError, match="expired"):
+        device.finish(reply, now=NOW)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(msgspec.msgpack.encode(reply), type=ServerHello)

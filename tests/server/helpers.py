@@ -146,4 +146,5 @@ class Device:
     def post_result(self, session: Session, result: SignedResult) -> Response:
         seq, ct = session.channel.seal(encode(result), now=time.time(), direction=C2S)
         frame = SealedFrame(session_id=session.id, seq=seq, ciphertext=ct)
-        return self.client.post("/v1/results", content=encode(frame), headers=MSGPACK)
+        headers = MSGPACK | {"X-QFLARE-Session": session.id}
+        return self.client.post("/v1/results", content=encode(frame), headers=headers)

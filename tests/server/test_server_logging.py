@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from qflare.cli import server_cmds
 from qflare.cli.app import app
 from qflare.logs import UVICORN_LOGGERS, configure_logging
+from qflare.server.app import unauthenticated_counter
 from qflare.server.settings import ServerSettings
 from qflare.server.tls import serve, uvicorn_config
 
@@ -41,6 +42,7 @@ def _restore_loggers() -> Iterator[None]:
 def _health_app() -> FastAPI:
     """A stand-in for the server's app: what is under test is the uvicorn and logging set-up."""
     app_ = FastAPI()
+    app_.state.unauthenticated = unauthenticated_counter(ServerSettings(insecure=True))
 
     @app_.get("/v1/health")
     def health() -> dict[str, str]:
@@ -92,8 +94,10 @@ def test_debug_adds_the_access_log():
 def test_serve_configures_json_logging_for_qflare_and_uvicorn(monkeypatch: pytest.MonkeyPatch):
     configs: list[uvicorn.Config] = []
     monkeypatch.setattr("qflare.server.tls.create_app", lambda settings: _health_app())
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: configs.append(self.config))
-    serve(ServerSettings(insecure=True), "warning")
+    monkeypatch.setattr(
+        uvicorn.Server, "run", lambda self, sockets=None: configs.append(self.config)
+    )
+    serve(ServerSettings(insecure=True, port=0), "warning")
     (config,) = configs
     assert config.access_log is False and config.log_config is None
     for name in ("qflare", "uvicorn", "uvicorn.error"):

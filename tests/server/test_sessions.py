@@ -76,6 +76,14 @@ def test_stale_hello_is_401(server: Harness):
     assert resp.status_code == 401
 
 
+@pytest.mark.parametrize("when", [float("nan"), float("inf")])
+def test_a_correctly_signed_hello_with_a_non_finite_time_is_refused(server: Harness, when):
+    dev = server.enrolled()
+    hello = dev.initiator().hello(now=when)  # the signature covers the NaN
+    resp = server.client.post("/v1/sessions", content=encode(hello), headers=MSGPACK)
+    assert resp.status_code == 400 and code(resp) == "malformed_message"
+
+
 def test_wrong_key_confirmation_is_401_and_unknown_handshake_404(server: Harness):
     dev = server.enrolled()
     resp = dev.hello(dev.initiator())
@@ -121,7 +129,8 @@ def test_unknown_session_is_401(server: Harness):
     resp = server.client.get("/v1/tasks", headers=headers)
     assert resp.status_code == 401
     frame = SealedFrame(session_id="0" * 32, seq=1, ciphertext=b"\0" * 32)
-    resp = server.client.post("/v1/results", content=encode(frame), headers=MSGPACK)
+    headers = MSGPACK | {"X-QFLARE-Session": "0" * 32}
+    resp = server.client.post("/v1/results", content=encode(frame), headers=headers)
     assert resp.status_code == 401
 
 
@@ -176,6 +185,7 @@ def test_replayed_result_frame_is_409(server: Harness):
     task = a.task(sa, a.poll(sa, wait=5.0))
     seq, ct = sa.channel.seal(encode(a.signed(task, b"\xc1")), now=time.time(), direction=C2S)
     body = encode(SealedFrame(session_id=sa.id, seq=seq, ciphertext=ct))
-    assert server.client.post("/v1/results", content=body, headers=MSGPACK).status_code == 400
-    resp = server.client.post("/v1/results", content=body, headers=MSGPACK)
+    headers = MSGPACK | {"X-QFLARE-Session": sa.id}
+    assert server.client.post("/v1/results", content=body, headers=headers).status_code == 400
+    resp = server.client.post("/v1/results", content=body, headers=headers)
     assert resp.status_code == 409

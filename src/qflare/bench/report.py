@@ -147,6 +147,18 @@ def startup_rows(bench_dir: Path) -> list[str]:
     ]
 
 
+def abuse_rows(bench_dir: Path) -> list[str]:
+    """Markdown row for honest rounds under a bad-request flood (``qflare bench abuse``)."""
+    data = _load(bench_dir / "abuse.json")
+    if data is None:
+        return []
+    cfg, flood = data["config"], data["flood"]
+    share = data["completed_share"]
+    return [
+        f"| Honest nodes' rounds while {cfg['rate']:,.0f} bad requests/s arrive from their own address ({cfg['nodes']} nodes, {cfg['rounds']} rounds, loopback; sent {flood['sent_per_s']:,.0f}/s, server answered {flood['answered_per_s']:,.0f}/s) | {100 * share:.0f} % completed by all | ≥ {100 * cfg['target']:.0f} % | {'met' if data['target_met'] else 'NOT met'} |"
+    ]
+
+
 def render(bench_dir: Path) -> str:
     """The generated section of docs/benchmarks.md."""
     lines = [
@@ -190,4 +202,5 @@ def render(bench_dir: Path) -> str:
         )
     lines += chronos_rows(bench_dir) + chronos_net_rows(bench_dir) + server_rows(bench_dir)
     lines += startup_rows(bench_dir)
+    lines += abuse_rows(bench_dir)
     return "\n".join(lines)

@@ -50,13 +50,14 @@ class Tally:
     retries: int = 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _tokens(directory: Path, count: int) -> list[str]:
+def make_tokens(directory: Path, count: int) -> list[str]:
     """Make an enrollment authority in ``directory`` and ``count`` tokens from it."""
     init_authority(directory, SystemRng())
     service = AuthorityService.open(
@@ -80,9 +81,12 @@ def _enroll_request(token: str, signer: MlDsa65Signer, kem: HybridKem) -> Enroll
     )
 
 
-async def _post(http: httpx.AsyncClient, tally: Tally, path: str, body: bytes) -> httpx.Response:
+async def _post(
+    http: httpx.AsyncClient, tally: Tally, path: str, body: bytes, session: str | None = None
+) -> httpx.Response:
     tally.requests += 1
-    r = await http.post(path, content=body, headers=MSGPACK)
+    headers = MSGPACK | ({"x-qflare-session": session} if session else {})
+    r = await http.post(path, content=body, headers=headers)
     if r.status_code >= 300:
         raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:200]}")
     return r
@@ -158,6 +162,7 @@ async def _node(base: str, token: str, tally: Tally, deadline: float) -> None:
                 msgspec.msgpack.encode(
                     SealedFrame(session_id=channel.session_id, seq=seq, ciphertext=ct)
                 ),
+                session=channel.session_id,
             )
             if task.message is not None and isinstance(
                 m.decode_server(task.message), m.UnmaskRequest
@@ -178,7 +183,8 @@ async def _run_nodes(base: str, tokens: list[str], tally: Tally, timeout_s: floa
     await asyncio.gather(*(guarded(t) for t in tokens))
 
 
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """Block until ``base/v1/health`` answers (``RuntimeError`` if ``proc`` exits or time runs out)."""
     end = time.time() + timeout_s
     while time.time() < end:
         if proc.poll() is not None:
@@ -219,8 +225,8 @@ def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600
     """
     with tempfile.TemporaryDirectory() as tmp:
         authority_dir = Path(tmp) / "authority"
-        tokens = _tokens(authority_dir, nodes)
-        authority_port, port = _free_port(), _free_port()
+        tokens = make_tokens(authority_dir, nodes)
+        authority_port, port = free_port(), free_port()
         authority = _uvicorn(
             "qflare.authority.app:app_from_env",
             authority_port,
@@ -246,8 +252,8 @@ def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600
         base = f"http://127.0.0.1:{port}"
         tally = Tally()
         try:
-            _wait_ready(f"http://127.0.0.1:{authority_port}", authority)
-            _wait_ready(base, proc)
+            wait_ready(f"http://127.0.0.1:{authority_port}", authority)
+            wait_ready(base, proc)
             t0 = time.perf_counter()
             asyncio.run(_run_nodes(base, tokens, tally, timeout_s))
             elapsed = time.perf_counter() - t0

@@ -269,7 +269,12 @@ def server(
         _warn_insecure(err, settings)
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}")
-    serve(settings, settings.log_level)
+    try:
+        serve(settings, settings.log_level)  # binds the port before it opens the database
+    except StartupRefused as exc:
+        for reason in exc.reasons:
+            err.print(f"[bold red]refusing to start:[/] {reason}")
+        raise typer.Exit(2) from exc
 
 
 def serve(settings: ServerSettings, log_level: str) -> None:

@@ -21,6 +21,7 @@ from typing import Final
 import msgspec
 
 from qflare.ledger.errors import InvalidEntry
+from qflare.ledger.numbers import Finite
 
 LEDGER_VERSION: Final = 1
 HASH_SIZE: Final = 32
@@ -66,7 +67,7 @@ class AuditEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
     version: int = LEDGER_VERSION
     index: int
-    timestamp: float
+    timestamp: Finite
     kind: str
     actor: str
     payload: Payload

@@ -16,6 +16,7 @@ import msgspec
 from qflare.crypto import InvalidSignature, SignatureScheme, Signer, verify_signature
 from qflare.ledger.errors import InvalidTreeHead
 from qflare.ledger.merkle import EMPTY_ROOT, HASH_SIZE
+from qflare.ledger.numbers import Finite
 
 STH_VERSION: Final = 1
 STH_CONTEXT: Final = b"qflare/ledger/tree-head/v1"
@@ -36,7 +37,7 @@ class SignedTreeHead(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     version: int = STH_VERSION
     tree_size: int
     root_hash: bytes
-    timestamp: float
+    timestamp: Finite
     signature: bytes
     scheme: SignatureScheme = SignatureScheme.MLDSA65
 

@@ -11,6 +11,7 @@ from typing import Any, Final
 import msgspec
 
 from qflare.ledger.head import SignedTreeHead
+from qflare.ledger.numbers import Finite
 from qflare.ledger.witness import COSIGNATURE_VERSION, CosignedHead
 
 MSGPACK: Final = "application/msgpack"
@@ -69,7 +70,7 @@ class WitnessStatus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     tree_size: int
     root_hash: bytes
     sth: SignedTreeHead | None = None
-    cosigned_at: float | None = None
+    cosigned_at: Finite | None = None
 
 
 def prefers_msgpack(accept: str | None) -> bool:

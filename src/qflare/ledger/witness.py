@@ -38,6 +38,7 @@ from qflare.ledger.errors import (
 from qflare.ledger.head import SignedTreeHead, verify_tree_head
 from qflare.ledger.keyfile import key_fingerprint
 from qflare.ledger.merkle import EMPTY_ROOT, ConsistencyProof, verify_consistency
+from qflare.ledger.numbers import Finite
 
 COSIGNATURE_VERSION: Final = 1
 COSIGNATURE_CONTEXT: Final = b"qflare/ledger/witness-cosignature/v1"
@@ -70,7 +71,7 @@ class Cosignature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     witness: bytes
     tree_size: int
     root_hash: bytes
-    timestamp: float
+    timestamp: Finite
     signature: bytes
 
 
@@ -105,7 +106,7 @@ class WitnessState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tree_size: int = 0
     root_hash: bytes = EMPTY_ROOT
     sth: SignedTreeHead | None = None
-    cosigned_at: float | None = None
+    cosigned_at: Finite | None = None
 
     @classmethod
     def initial(cls, server_key: bytes) -> WitnessState:

@@ -226,8 +226,9 @@ class HttpApi:
         return _decode(response, SealedFrame)
 
     def post_result(self, frame: SealedFrame) -> None:
-        """``POST /v1/results``: a sealed, signed protocol message."""
-        self._post("/v1/results", msgspec.msgpack.encode(frame), expect=202)
+        """``POST /v1/results``: a sealed, signed protocol message (its session in a header too)."""
+        session = {"X-QFLARE-Session": frame.session_id}
+        self._post("/v1/results", msgspec.msgpack.encode(frame), expect=202, headers=session)
 
     def health(self) -> dict[str, Any]:
         """``GET /v1/health``."""
@@ -258,8 +259,11 @@ class HttpApi:
         _expect(response, 200)
         return _decode(response, kind)
 
-    def _post(self, path: str, body: bytes, *, expect: int) -> httpx.Response:
-        response = self._send("POST", path, content=body, headers={"Content-Type": MSGPACK})
+    def _post(
+        self, path: str, body: bytes, *, expect: int, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        headers = {"Content-Type": MSGPACK, **(headers or {})}
+        response = self._send("POST", path, content=body, headers=headers)
         _expect(response, expect)
         return response
 

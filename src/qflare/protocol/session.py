@@ -37,6 +37,7 @@ from qflare.crypto import (
 )
 from qflare.protocol.errors import AbortReason, LocalProtocolError, RemoteProtocolError
 from qflare.protocol.messages import PROTOCOL_VERSION, encode
+from qflare.protocol.numbers import Finite
 
 HELLO_CONTEXT = b"qflare/session/v1/client-hello"
 SERVER_CONTEXT = b"qflare/session/v1/server-hello"
@@ -60,7 +61,7 @@ class ClientHello(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     device_id: str
     nonce: bytes
     kem_pk: bytes
-    timestamp: float
+    timestamp: Finite
     signature: bytes
 
 
@@ -71,7 +72,7 @@ class ServerHello(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     session_id: str
     nonce: bytes
     kem_ct: bytes
-    expires_at: float
+    expires_at: Finite
     signature: bytes
 
 
@@ -117,7 +118,7 @@ class SecureChannel:
         return encode(("qflare/session/v1/frame", self.session_id, seq, direction))
 
     def _check_time(self, now: float, state: str) -> None:
-        if now >= self.expires_at:
+        if not now < self.expires_at:  # NaN-safe: a NaN expiry is expired
             raise RemoteProtocolError(
                 "session expired",
                 state=state,
@@ -127,7 +128,7 @@ class SecureChannel:
 
     def seal(self, payload: bytes, *, now: float, direction: bytes) -> tuple[int, bytes]:
         """Encrypt ``payload``; returns ``(sequence, ciphertext)`` to send together."""
-        if now >= self.expires_at:
+        if not now < self.expires_at:
             raise LocalProtocolError("session expired", state="ESTABLISHED", http_status=401)
         seq = self._send_seq
         self._send_seq += 1
@@ -235,7 +236,7 @@ class SessionInitiator:
                 reason=AbortReason.BAD_SIGNATURE,
                 http_status=401,
             ) from exc
-        if reply.expires_at <= now:
+        if not reply.expires_at > now:  # NaN-safe
             self.state = HandshakeState.ABORTED
             raise RemoteProtocolError(
                 "server offered an expired session", state="SENT_HELLO", http_status=401
@@ -299,7 +300,8 @@ class SessionResponder:
                 reason=AbortReason.BAD_SIGNATURE,
                 http_status=401,
             ) from exc
-        if abs(now - hello.timestamp) > MAX_CLOCK_SKEW_S or len(hello.nonce) != 32:
+        fresh = abs(now - hello.timestamp) <= MAX_CLOCK_SKEW_S  # False for NaN and infinities
+        if not fresh or len(hello.nonce) != 32:
             self.state = HandshakeState.ABORTED
             raise RemoteProtocolError(
                 "client hello is stale or malformed", state="START", http_status=401

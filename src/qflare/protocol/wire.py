@@ -26,6 +26,7 @@ from qflare.protocol.identity import (
     verify_token,
 )
 from qflare.protocol.messages import PROTOCOL_VERSION, RoundConfig, decode_as, encode
+from qflare.protocol.numbers import Finite
 
 __all__ = [
     "ChronosJoin",
@@ -224,9 +225,9 @@ class RoundStart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     certificates: dict[int, bytes]
     model_version: int
     weights: bytes
-    clip: float
+    clip: Finite
     max_total_weight: int
-    deadline: float
+    deadline: Finite
 
 
 class ChronosJoin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -278,9 +279,9 @@ class ChronosRound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     version: int = PROTOCOL_VERSION
     model_version: int
     weights: bytes
-    clip: float
+    clip: Finite
     max_total_weight: int
-    deadline: float
+    deadline: Finite
 
 
 class ChronosTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

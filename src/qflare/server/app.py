@@ -25,8 +25,9 @@ from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.context import ServerContext
 from qflare.server.coordinator import Coordinator
 from qflare.server.errors import install_error_handlers
+from qflare.server.guard import AbuseGuard
 from qflare.server.identity import load_or_create_identity
-from qflare.server.limits import RateLimiter
+from qflare.server.limits import BodyLimits, Inflight, RateLimiter, result_body_limit
 from qflare.server.model import ModelStore
 from qflare.server.routes import enroll, info, ledger, sessions, tasks
 from qflare.server.sessions import SessionTable
@@ -52,12 +53,32 @@ def _authority(
     return client, key
 
 
+def _body_limits(settings: ServerSettings, models: ModelStore) -> BodyLimits:
+    """Body sizes and pace; the result limit follows the federation's model unless set."""
+    results = settings.body_limit_results or result_body_limit(
+        models.latest()[1].size, settings.max_clients, settings.chronos_rounds_per_epoch
+    )
+    return BodyLimits(
+        enroll=settings.body_limit_enroll,
+        session=settings.body_limit_session,
+        results=results,
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.body_min_rate,
+    )
+
+
+def unauthenticated_counter(settings: ServerSettings) -> Inflight:
+    """The count of unauthenticated connections, shared by the guard and the HTTP protocol."""
+    return Inflight(settings.max_unauthenticated, settings.max_unauthenticated_per_ip)
+
+
 def build_context(
     settings: ServerSettings,
     clock: Callable[[], float],
     rng: Rng,
     authority: AuthorityClient | None = None,
     witness_transport: httpx.AsyncBaseTransport | None = None,
+    unauthenticated: Inflight | None = None,
 ) -> ServerContext:
     """Open the database (migrating it), load keys, recover any open round.
 
@@ -68,6 +89,7 @@ def build_context(
         authority: The enrollment authority to relay to (default: over HTTP at
             ``settings.authority_url``).
         witness_transport: How the server reaches its ledger witnesses (tests; default: network).
+        unauthenticated: The count of unauthenticated connections (default: a new one).
 
     Raises:
         ValueError: ``settings.authority_key`` is not an authority public key.
@@ -107,6 +129,8 @@ def build_context(
         rng=rng,
         limiter=RateLimiter(settings.rate_per_ip),
         device_limiter=RateLimiter(settings.rate_per_device),
+        bodies=_body_limits(settings, models),
+        unauthenticated=unauthenticated or unauthenticated_counter(settings),
         long_polls=asyncio.Semaphore(settings.max_long_polls),
         authority=client,
         authority_key=authority_key,
@@ -139,11 +163,17 @@ def create_app(
         authority: Enrollment authority client (default: HTTP to ``settings.authority_url``;
             tests inject one in-process).
         witness_transport: How the server reaches its ledger witnesses (tests; default: network).
+
+    The app's ``state.unauthenticated`` counts unauthenticated connections; the HTTP protocol
+    of :func:`qflare.server.tls.uvicorn_config` shares it with the abuse guard.
     """
+    unauthenticated = unauthenticated_counter(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings, clock, rng or SystemRng(), authority, witness_transport)
+        ctx = build_context(
+            settings, clock, rng or SystemRng(), authority, witness_transport, unauthenticated
+        )
         app.state.ctx = ctx
         tasks = [asyncio.create_task(_ticker(ctx))]
         if ctx.cosigner.enabled:
@@ -169,6 +199,8 @@ def create_app(
     for router in (enroll.router, sessions.router, tasks.router, info.router, ledger.router):
         app.include_router(router)
     install_error_handlers(app)
+    app.add_middleware(AbuseGuard)
+    app.state.unauthenticated = unauthenticated
     return app
 
 

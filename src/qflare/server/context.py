@@ -15,7 +15,7 @@ from qflare.protocol.identity import AuthorityKey
 from qflare.server.authority_client import AuthorityClient
 from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.coordinator import Coordinator
-from qflare.server.limits import RateLimiter
+from qflare.server.limits import BodyLimits, Inflight, RateLimiter
 from qflare.server.model import ModelStore
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
@@ -26,7 +26,10 @@ from qflare.server.witnesses import Cosigner
 class ServerContext:
     """Shared server state (one per app).
 
-    ``authority`` and ``authority_key`` are both set, or enrollment is disabled.
+    ``authority`` and ``authority_key`` are both set, or enrollment is disabled. ``limiter``
+    meters anonymous traffic per client IP, ``device_limiter`` authenticated traffic per device;
+    ``unauthenticated`` counts unauthenticated connections in progress (shared with the HTTP
+    protocol, which counts connections still owing a request head).
     """
 
     settings: ServerSettings
@@ -42,6 +45,8 @@ class ServerContext:
     rng: Rng
     limiter: RateLimiter
     device_limiter: RateLimiter
+    bodies: BodyLimits
+    unauthenticated: Inflight
     long_polls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1000))
     authority: AuthorityClient | None = None
     authority_key: AuthorityKey | None = None

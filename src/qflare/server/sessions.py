@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 from qflare.protocol.errors import RemoteProtocolError
 from qflare.protocol.session import SecureChannel, SessionResponder
+from qflare.server.errors import ApiError
+
+
+def unknown_session() -> ApiError:
+    """The answer to a request that names no live session: handshake again."""
+    return ApiError(401, "session_unknown", "unknown or expired session; open a new one")
 
 
 @dataclass
@@ -57,11 +63,17 @@ class SessionTable:
             while len(self._live) > self._capacity:
                 self._live.popitem(last=False)
 
+    def is_live(self, session_id: str, now: float) -> bool:
+        """Whether ``session_id`` names an established, unexpired session (nothing raised)."""
+        with self._lock:
+            live = self._live.get(session_id)
+        return live is not None and live.channel.expires_at > now
+
     def get(self, session_id: str, now: float) -> LiveSession:
         """An established, unexpired session.
 
         Raises:
-            RemoteProtocolError: unknown or expired session (401).
+            ApiError: unknown or expired session (401 ``session_unknown``).
         """
         with self._lock:
             live = self._live.get(session_id)
@@ -69,9 +81,7 @@ class SessionTable:
                 del self._live[session_id]
                 live = None
         if live is None:
-            raise RemoteProtocolError(
-                "unknown or expired session", state="ESTABLISHED", http_status=401
-            )
+            raise unknown_session()
         return live
 
     def drop_device(self, device_id: str) -> None:

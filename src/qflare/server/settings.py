@@ -54,11 +54,29 @@ class ServerSettings(BaseSettings):
         max_sessions: Sessions kept in memory.
         long_poll_max_s: Longest wait of ``GET /v1/tasks``.
         max_long_polls: Concurrent long-polls allowed.
-        rate_per_device: Requests per second per device (token bucket).
-        rate_per_ip: Requests per second per client IP (token bucket).
+        rate_per_device: Authenticated requests (a live session's polls and results) per second
+            per device (token bucket; also the burst).
+        rate_per_ip: Anonymous requests (everything without a live session: enrollments,
+            handshakes, public views, bad tokens) per second per client IP (token bucket; also
+            the burst). Authenticated traffic never draws on it. Over budget: 429
+            ``rate_limited`` with ``Retry-After``.
         body_limit_enroll: Bytes allowed in an enrollment body.
         body_limit_session: Bytes allowed in a handshake body.
-        body_limit_results: Bytes allowed in a result body.
+        body_limit_results: Bytes allowed in a result body (``None``: sized from the model,
+            ``4·d`` plus share and signature allowances for ``max_clients``). Only a request
+            naming a live session in ``X-QFLARE-Session`` gets its result body read.
+        body_timeout_s: Longest wait for the next chunk of a request body, and the grace of a
+            whole body (408 ``body_timeout``).
+        body_min_rate: Slowest accepted upload after the grace, in bytes per second: a body of
+            ``n`` bytes must arrive within ``body_timeout_s + n / body_min_rate``.
+        header_timeout_s: Time a connection gets to deliver a complete request head, from its
+            opening or the end of the previous answer (then it is closed).
+        keep_alive_s: Idle time after which a kept-alive connection is closed.
+        max_header_bytes: Largest request head (request line and headers) accepted.
+        max_unauthenticated: Unauthenticated connections in progress at once, in all: those
+            still owing a request head and those running an anonymous request (503
+            ``too_many_unauthenticated`` beyond, or the connection is closed).
+        max_unauthenticated_per_ip: The same, per client IP.
         authority_url: Base URL of the enrollment authority (``qflare authority serve``); the
             server relays enrollments there. Without it (and ``authority_key``) enrollment is off.
         authority_key: The authority's public key file (``authority.pub``), pinned: a token or
@@ -110,11 +128,19 @@ class ServerSettings(BaseSettings):
     max_sessions: int = 10_000
     long_poll_max_s: float = 20.0
     max_long_polls: int = 1_000
-    rate_per_device: float = 50.0
-    rate_per_ip: float = 500.0
+    rate_per_device: float = Field(default=50.0, gt=0)
+    rate_per_ip: float = Field(default=500.0, gt=0)
     body_limit_enroll: int = 16_384
     body_limit_session: int = 16_384
-    body_limit_results: int = 64 * 1024 * 1024
+    body_limit_results: int | None = Field(default=None, ge=1024)
+    # ---- abuse of the HTTP server (issue 15) ----
+    body_timeout_s: float = Field(default=10.0, gt=0)
+    body_min_rate: float = Field(default=64 * 1024, gt=0)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    keep_alive_s: int = Field(default=5, ge=1)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    max_unauthenticated: int = Field(default=1024, ge=1)
+    max_unauthenticated_per_ip: int = Field(default=128, ge=1)
     authority_url: str | None = None
     authority_key: Path | None = None
     authority_ca: Path | None = None

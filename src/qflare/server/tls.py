@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from qflare.crypto.x509 import (
 from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
 from qflare.server.app import create_app
 from qflare.server.authority_client import load_authority_key
+from qflare.server.connections import guarded_h11
+from qflare.server.limits import Inflight
 from qflare.server.settings import ServerSettings
 
 MIN_SECURE_CLIENTS = 3  # with two clients, each learns the other's update from the sum
@@ -217,13 +220,25 @@ def check_startup(settings: ServerSettings, now: dt.datetime | None = None) -> l
 def uvicorn_config(
     app: FastAPI, settings: ServerSettings, log_level: str = "info"
 ) -> uvicorn.Config:
-    """A loaded single-worker uvicorn config: TLS 1.2+ with AEAD suites unless ``insecure``."""
+    """A loaded single-worker uvicorn config: TLS 1.2+ with AEAD suites unless ``insecure``.
+
+    HTTP/1.1 over h11 with the connection limits of :mod:`qflare.server.connections` (request
+    heads due within ``header_timeout_s``, at most ``max_header_bytes``; unauthenticated
+    connections counted with the app's ``state.unauthenticated``), kept-alive connections closed
+    after ``keep_alive_s`` idle, no WebSockets.
+    """
     tls = not settings.insecure and settings.tls_cert is not None
+    unauthenticated = app.state.unauthenticated
+    assert isinstance(unauthenticated, Inflight), "an app made by create_app"
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         workers=1,
+        http=guarded_h11(settings.header_timeout_s, unauthenticated),
+        ws="none",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_s,
         ssl_certfile=settings.tls_cert if tls else None,
         ssl_keyfile=settings.tls_key if tls else None,
         ssl_ciphers=TLS_CIPHERS,
@@ -237,11 +252,40 @@ def uvicorn_config(
     return config
 
 
+def listen(settings: ServerSettings) -> socket.socket:
+    """Bind the server's address, before anything else (the database) is touched.
+
+    Raises:
+        StartupRefused: the address is taken (another server?) or cannot be bound.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY on accepted connections only when
+    # the listening socket says so (else every answer waits ~40 ms for a delayed ACK)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        why = exc.strerror or str(exc)
+        raise StartupRefused(
+            [f"cannot listen on {settings.host}:{settings.port}: {why} (is a server running?)"]
+        ) from exc
+    return sock
+
+
 def serve(settings: ServerSettings, log_level: str = "info") -> None:
     """Run the server until interrupted (call :func:`check_startup` first).
 
     Logs go to stderr as JSON lines (``qflare`` and ``uvicorn`` loggers); the per-request access
-    log only at ``debug``.
+    log only at ``debug``. The port is bound first: a second server on a busy port stops before it
+    opens the database.
+
+    Raises:
+        StartupRefused: the port cannot be bound.
     """
     configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
+    sock = listen(settings)
+    with sock:
+        app = create_app(settings)
+        uvicorn.Server(uvicorn_config(app, settings, log_level)).run(sockets=[sock])

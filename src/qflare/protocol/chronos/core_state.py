@@ -9,6 +9,7 @@ import msgspec
 
 from qflare.protocol.chronos import messages as m
 from qflare.protocol.chronos.invariants import LedgerState
+from qflare.protocol.numbers import Finite
 from qflare.protocol.policy import ClientPolicy
 from qflare.protocol.seed import SeedState
 
@@ -41,7 +42,7 @@ class Phase(enum.StrEnum):
 class PolicyState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A :class:`~qflare.protocol.policy.ClientPolicy`, as sealed with the keystore."""
 
-    corrupt_fraction: float = 0.05
+    corrupt_fraction: Finite = 0.05
     security_bits: int = 40
     min_cohort: int = 3
     max_seed_restarts: int = 2

@@ -10,6 +10,7 @@ from typing import Final
 import msgspec
 
 from qflare.crypto import CryptoError, SignatureScheme, Signer, verify_signature
+from qflare.protocol.numbers import Finite
 
 __all__ = [
     "CERT_CONTEXT",
@@ -95,7 +96,7 @@ class CertificateBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     scheme: SignatureScheme
     identity_pk: bytes
     kem_pk: bytes
-    issued_at: float
+    issued_at: Finite
     version: int = _VERSION
 
 

@@ -17,6 +17,7 @@ import msgspec
 
 from qflare.crypto import CryptoError, Signer, verify_signature
 from qflare.protocol.identity.certificates import AuthorityKey, IdentityError
+from qflare.protocol.numbers import Finite
 
 __all__ = [
     "MAX_TOKEN_CHARS",
@@ -53,7 +54,7 @@ class TokenClaims(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     token_id: str
     authority: bytes
     label: str = ""
-    expires_at: float
+    expires_at: Finite
     version: int = _VERSION
 
 

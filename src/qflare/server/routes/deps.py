@@ -46,11 +46,6 @@ def msgpack_response(obj: msgspec.Struct, status: int = 200) -> Response:
     return Response(msgspec.msgpack.encode(obj), status_code=status, media_type=MSGPACK)
 
 
-def client_ip(request: Request) -> str:
-    """The peer address (for per-IP limits)."""
-    return request.client.host if request.client else "unknown"
-
-
 MSGPACK_BODY = {
     "requestBody": {
         "required": True,

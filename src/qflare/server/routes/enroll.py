@@ -34,13 +34,12 @@ from qflare.protocol.wire import (
 )
 from qflare.server.authority_client import AuthorityClient, AuthorityUnavailableError
 from qflare.server.context import ServerContext
-from qflare.server.errors import ApiError
+from qflare.server.errors import ApiError, problem_responses
 from qflare.server.limits import read_body
 from qflare.server.routes.deps import (
     MSGPACK,
     MSGPACK_BODY,
     CtxDep,
-    client_ip,
     decode_body,
     msgpack_response,
 )
@@ -140,13 +139,15 @@ def _store(ctx: ServerContext, req: EnrollRequest, issued: IssuedCertificate, no
     status_code=201,
     response_class=Response,
     openapi_extra=MSGPACK_BODY,
-    responses={201: {"content": {MSGPACK: {}}}},
+    responses={
+        201: {"description": "enrolled", "content": {MSGPACK: {}}},
+        **problem_responses(400, 401, 403, 408, 409, 413, 415, 502),
+    },
 )
 async def enroll(request: Request, ctx: CtxDep) -> Response:
     """Relay an enrollment to the authority; store and audit the certificate it issues."""
     now = ctx.clock()
-    ctx.limiter.check(f"ip:{client_ip(request)}", now)
-    req = decode_body(await read_body(request, ctx.settings.body_limit_enroll), EnrollRequest)
+    req = decode_body(await read_body(request, ctx.bodies.enroll, ctx.bodies), EnrollRequest)
     client, key = _authority(ctx)
     try:
         _precheck(req, ctx, key, now)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Path
 
-from qflare.server.errors import ApiError
+from qflare.server.errors import ApiError, problem_responses
 from qflare.server.routes.deps import CtxDep
 from qflare.store import repos
 from qflare.store.models import Round
@@ -31,7 +31,7 @@ def _round_view(row: Round) -> dict[str, Any]:
     }
 
 
-@router.get("/health")
+@router.get("/health", responses=problem_responses())
 def health(ctx: CtxDep) -> dict[str, Any]:
     """Liveness and the server's identity key fingerprint."""
     return {
@@ -40,14 +40,14 @@ def health(ctx: CtxDep) -> dict[str, Any]:
     }
 
 
-@router.get("/rounds")
+@router.get("/rounds", responses=problem_responses())
 def list_rounds(ctx: CtxDep) -> list[dict[str, Any]]:
     """The 100 most recent rounds."""
     with ctx.factory() as db:
         return [_round_view(r) for r in repos.rounds(db)]
 
 
-@router.get("/rounds/{round_id}")
+@router.get("/rounds/{round_id}", responses=problem_responses(404, 422))
 def get_round(ctx: CtxDep, round_id: int = Path(ge=1, le=2**62)) -> dict[str, Any]:
     """One round."""
     with ctx.factory() as db:
@@ -57,7 +57,7 @@ def get_round(ctx: CtxDep, round_id: int = Path(ge=1, le=2**62)) -> dict[str, An
         return _round_view(row)
 
 
-@router.get("/model")
+@router.get("/model", responses=problem_responses())
 def model_info(ctx: CtxDep) -> dict[str, Any]:
     """Version, size and hash of the current global model."""
     version, weights = ctx.models.latest()

@@ -33,11 +33,16 @@ from qflare.ledger.wire import (
     prefers_msgpack,
 )
 from qflare.server.context import ServerContext
-from qflare.server.errors import ApiError
+from qflare.server.errors import ApiError, problem_responses
 from qflare.server.routes.deps import CtxDep
 
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
-_BINARY: dict[int | str, dict[str, Any]] = {200: {"content": {MSGPACK: {}, "application/json": {}}}}
+_BINARY: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or msgpack on request",
+        "content": {MSGPACK: {}, "application/json": {}},
+    }
+}
 Index = Annotated[int, Query(ge=0, le=2**62)]
 OptionalIndex = Annotated[int | None, Query(ge=0, le=2**62)]
 
@@ -59,7 +64,7 @@ def _msgpack(obj: msgspec.Struct) -> Response:
     return Response(msgspec.msgpack.encode(obj), media_type=MSGPACK)
 
 
-@router.get("/head", response_class=Response, responses=_BINARY)
+@router.get("/head", response_class=Response, responses=_BINARY | problem_responses())
 def ledger_head(request: Request, ctx: CtxDep) -> Response:
     """The latest cosigned tree head of the audit ledger and the ledger key."""
     _synced_size(ctx)
@@ -67,7 +72,7 @@ def ledger_head(request: Request, ctx: CtxDep) -> Response:
     return _msgpack(reply) if _wants_msgpack(request) else JSONResponse(head_view(reply))
 
 
-@router.get("/entries", response_class=Response, responses=_BINARY)
+@router.get("/entries", response_class=Response, responses=_BINARY | problem_responses(400, 422))
 def ledger_entries(
     request: Request, ctx: CtxDep, start: Index = 0, end: OptionalIndex = None
 ) -> Response:
@@ -86,7 +91,9 @@ def ledger_entries(
     return _msgpack(page) if _wants_msgpack(request) else JSONResponse(hex_view(page))
 
 
-@router.get("/consistency", response_class=Response, responses=_BINARY)
+@router.get(
+    "/consistency", response_class=Response, responses=_BINARY | problem_responses(400, 422)
+)
 def ledger_consistency(request: Request, ctx: CtxDep, first: Index, second: Index) -> Response:
     """Proof that the tree of ``second`` entries is an append-only extension of ``first``."""
     size = _synced_size(ctx)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 
 from qflare.crypto import SignatureScheme
 from qflare.protocol.session import ClientFinished, ClientHello, SessionResponder
-from qflare.server.errors import ApiError
+from qflare.server.errors import ApiError, problem_responses
 from qflare.server.limits import read_body
 from qflare.server.routes.deps import (
     MSGPACK,
     MSGPACK_BODY,
     CtxDep,
-    client_ip,
     decode_body,
     msgpack_response,
 )
@@ -27,13 +28,15 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
     status_code=201,
     response_class=Response,
     openapi_extra=MSGPACK_BODY,
-    responses={201: {"content": {MSGPACK: {}}}},
+    responses={
+        201: {"description": "the server's signed KEM reply", "content": {MSGPACK: {}}},
+        **problem_responses(400, 401, 403, 408, 413, 415),
+    },
 )
 async def open_session(request: Request, ctx: CtxDep) -> Response:
     """Verify a device's signed hello and answer with the server's signed KEM reply."""
     now = ctx.clock()
-    ctx.limiter.check(f"ip:{client_ip(request)}", now)
-    hello = decode_body(await read_body(request, ctx.settings.body_limit_session), ClientHello)
+    hello = decode_body(await read_body(request, ctx.bodies.session, ctx.bodies), ClientHello)
     with ctx.factory() as db:
         device = repos.get_device(db, hello.device_id)
     if device is None:
@@ -52,15 +55,20 @@ async def open_session(request: Request, ctx: CtxDep) -> Response:
 
 
 @router.post(
-    "/{session_id}/confirm", status_code=204, response_class=Response, openapi_extra=MSGPACK_BODY
+    "/{session_id}/confirm",
+    status_code=204,
+    response_class=Response,
+    openapi_extra=MSGPACK_BODY,
+    responses={
+        204: {"description": "the session is live"},
+        **problem_responses(400, 401, 404, 408, 413, 415, 422),
+    },
 )
-async def confirm_session(session_id: str, request: Request, ctx: CtxDep) -> Response:
+async def confirm_session(
+    session_id: Annotated[str, Path(max_length=64)], request: Request, ctx: CtxDep
+) -> Response:
     """Check the device's key confirmation; the session is then live."""
-    now = ctx.clock()
-    ctx.limiter.check(f"ip:{client_ip(request)}", now)
-    finished = decode_body(
-        await read_body(request, ctx.settings.body_limit_session), ClientFinished
-    )
+    finished = decode_body(await read_body(request, ctx.bodies.session, ctx.bodies), ClientFinished)
     if finished.session_id != session_id:
         raise ApiError(400, "session_mismatch", "body names another session")
     responder = ctx.sessions.take_pending(session_id)

@@ -14,13 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from qflare.protocol.session import C2S, S2C
 from qflare.protocol.wire import SealedFrame, SignedResult
 from qflare.server.context import ServerContext
-from qflare.server.errors import ApiError
+from qflare.server.errors import ApiError, problem_responses
 from qflare.server.limits import read_body
 from qflare.server.routes.deps import (
     MSGPACK,
     MSGPACK_BODY,
     CtxDep,
-    client_ip,
     decode_body,
     msgpack_response,
 )
@@ -43,12 +42,12 @@ def _active_device(ctx: ServerContext, live: LiveSession) -> None:
     "/tasks",
     response_class=Response,
     responses={
-        200: {"content": {MSGPACK: {}}},
+        200: {"description": "the next task, sealed", "content": {MSGPACK: {}}},
         204: {"description": "no task before the wait ended"},
+        **problem_responses(400, 401, 403, 409, 422),
     },
 )
 async def get_task(
-    request: Request,
     ctx: CtxDep,
     x_qflare_session: Annotated[str, Header(max_length=64)],
     x_qflare_seq: Annotated[int, Header(ge=1, le=2**62)],
@@ -57,7 +56,6 @@ async def get_task(
 ) -> Response:
     """Long-poll for the device's next task; the headers carry a sealed, replay-proof poll."""
     now = ctx.clock()
-    ctx.limiter.check(f"ip:{client_ip(request)}", now)
     live = ctx.sessions.get(x_qflare_session, now)
     try:
         tag = base64.b64decode(x_qflare_auth, validate=True)
@@ -68,7 +66,12 @@ async def get_task(
     _active_device(ctx, live)
     ctx.coordinator.seen(live.device_id, now)
     if ctx.long_polls.locked():
-        raise ApiError(503, "too_many_polls", "too many concurrent long-polls; retry later")
+        raise ApiError(
+            503,
+            "too_many_polls",
+            "too many concurrent long-polls; retry later",
+            headers={"Retry-After": "1"},
+        )
     async with ctx.long_polls:
         deadline = now + min(wait, ctx.settings.long_poll_max_s)
         seen_generation = -1
@@ -87,13 +90,29 @@ async def get_task(
             await asyncio.sleep(_POLL_STEP_S)
 
 
-@router.post("/results", status_code=202, response_class=Response, openapi_extra=MSGPACK_BODY)
-async def post_result(request: Request, ctx: CtxDep) -> Response:
-    """A sealed, signed protocol message from a device."""
+@router.post(
+    "/results",
+    status_code=202,
+    response_class=Response,
+    openapi_extra=MSGPACK_BODY,
+    responses={
+        202: {"description": "accepted"},
+        **problem_responses(400, 401, 403, 408, 409, 413, 415, 422),
+    },
+)
+async def post_result(
+    request: Request, ctx: CtxDep, x_qflare_session: Annotated[str, Header(max_length=64)]
+) -> Response:
+    """A sealed, signed protocol message from a device.
+
+    The session named in ``X-QFLARE-Session`` must be live before a byte of the body is read,
+    and the body may not exceed what the federation's model needs.
+    """
     now = ctx.clock()
-    ctx.limiter.check(f"ip:{client_ip(request)}", now)
-    frame = decode_body(await read_body(request, ctx.settings.body_limit_results), SealedFrame)
-    live = ctx.sessions.get(frame.session_id, now)
+    live = ctx.sessions.get(x_qflare_session, now)
+    frame = decode_body(await read_body(request, ctx.bodies.results, ctx.bodies), SealedFrame)
+    if frame.session_id != x_qflare_session:
+        raise ApiError(400, "session_mismatch", "the frame names another session than its header")
     plain = live.channel.open(frame.seq, frame.ciphertext, now=now, direction=C2S)
     ctx.device_limiter.check(f"device:{live.device_id}", now)
     result = decode_body(plain, SignedResult)
