@@ -32,7 +32,7 @@ from qflare.server.routes import enroll, info, ledger, sessions, tasks
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
 from qflare.server.witnesses import Cosigner, load_endpoints
-from qflare.store.db import make_engine, migrate, session_factory
+from qflare.store.db import check_writable, make_engine, migrate, session_factory
 from qflare.store.repos import SqlLedgerStore
 
 log = logging.getLogger("qflare.server")
@@ -71,10 +71,12 @@ def build_context(
 
     Raises:
         ValueError: ``settings.authority_key`` is not an authority public key.
+        DatabaseNotWritable: the database refuses writes (one line says why).
     """
     client, authority_key = _authority(settings, authority)
     engine = make_engine(settings.database_url)
     migrate(engine)
+    check_writable(engine)  # refuse to start rather than fail on the first round's write
     factory = session_factory(engine)
     identity = load_or_create_identity(settings.state_dir, rng)
     ledger = Ledger(SqlLedgerStore(factory))
