@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import OperationalError
 
 from qflare.bench.report import render
 from qflare.cli.authority_cmds import authority_app
@@ -22,6 +23,7 @@ from qflare.cli.tee_cmds import tee_app
 from qflare.cli.witness_cmds import witness_app
 from qflare.protocol.errors import ProtocolError
 from qflare.protocol.graph import find_params
+from qflare.store.db import DatabaseNotWritable, describe_database_error
 
 app = typer.Typer(
     help="QFLARE: secure federated learning.", no_args_is_help=True, add_completion=False
@@ -284,5 +286,18 @@ def bench_report(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    A database that refuses a command (read-only files, a full disk, an unreachable server)
+    is reported in one line, exit status 1, instead of a traceback.
+    """
+    try:
+        app()
+    except (OperationalError, DatabaseNotWritable) as exc:
+        why = (
+            str(exc)
+            if isinstance(exc, DatabaseNotWritable)
+            else f"the database refused the command: {describe_database_error(exc)}"
+        )
+        typer.secho(f"error: {why}", err=True, fg="red")
+        raise SystemExit(1) from None

@@ -34,7 +34,7 @@ from qflare.protocol.identity import IdentityError, parse_certificate
 from qflare.server.settings import ServerSettings
 from qflare.server.tls import StartupRefused, TlsFiles, check_startup, init_tls_dir, serve
 from qflare.store import repos
-from qflare.store.db import make_engine, migrate, session_factory
+from qflare.store.db import database_problem, make_engine, migrate, session_factory
 
 certs_app = typer.Typer(help="TLS certificates of the server.", no_args_is_help=True)
 device_app = typer.Typer(help="Enrolled devices.", no_args_is_help=True)
@@ -235,6 +235,10 @@ def server(
         _warn_insecure(err, settings)
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}")
+    problem = database_problem(settings.database_url)  # before uvicorn: one line, no traceback
+    if problem is not None:
+        err.print(f"[bold red]refusing to start:[/] {problem}", highlight=False)
+        raise typer.Exit(2)
     serve(settings, log_level)
 
 
