@@ -237,7 +237,7 @@ def server(
         err.print(f"[yellow]warning:[/] {warning}")
     problem = database_problem(settings.database_url)  # before uvicorn: one line, no traceback
     if problem is not None:
-        err.print(f"[bold red]refusing to start:[/] {problem}", highlight=False)
+        err.print(f"[bold red]refusing to start:[/] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     serve(settings, log_level)
 

@@ -48,7 +48,7 @@ class ServerSettings(BaseSettings):
         step_timeout_s: Deadline per protocol step; silent devices become dropouts.
         train_timeout_s: Deadline of the step in which nodes train (a round's first step;
             the first round also loads data and warms up: on a loaded 2-core machine the demo's
-            MNIST shards need well over 30 s there). Default: 3 × ``step_timeout_s`` (90 s).
+            MNIST shards need well over 30 s there). Default: three step timeouts (90 s).
         evaluate: Log each new global model's accuracy on the dataset's held-out test split
             (round event log; needs the ``fl`` extra; not for ``vector:D`` models).
         round_interval_s: Pause between rounds.
