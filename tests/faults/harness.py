@@ -215,4 +215,5 @@ class Federation:
     def check(self) -> list[int]:
         """Every stored round against its exact sum; the ids of the completed ones."""
         quant = QuantConfig(self.server_settings.clip, 32, self.server_settings.max_total_weight)
-        return assert_rounds_exact(self.url, self.trainer_of, quant, 16)
+        dim = self.coord._models.weights(0).size
+        return assert_rounds_exact(self.url, self.trainer_of, quant, dim)

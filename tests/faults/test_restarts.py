@@ -201,3 +201,20 @@ def test_a_live_server_restarted_at_every_step_loses_nobody(tmp_path: Path) -> N
     assert assert_rounds_exact(url, trainer_of.__getitem__, QuantConfig(1.0, 32, 1000), 16) == [1]
     with session_factory(make_engine(url))() as db:
         assert db.get(Round, 1).survivors == "[0, 1, 2, 3, 4]"
+
+
+def test_a_draining_server_lets_no_deadline_pass(tmp_path):
+    """SIGTERM stops the clock at once: the requests uvicorn still finishes cannot be followed
+    by a deadline that drops nodes (or aborts the round) the next process would resume."""
+    fed = Federation(tmp_path)
+    fed.coord.tick()
+    fed.step(fed.nodes[:2])
+    fed.coord.drain()
+    fed.clock.now += 100  # far past the deadline
+    fed.coord.tick()
+    fed.step(fed.nodes[2:3])  # a result still arriving is accepted
+    assert fed.coord.live is not None and fed.coord.live.step == 0
+    fed.crash()
+    assert fed.coord.live.machine.pending() == frozenset({3})
+    fed.run()
+    assert fed.check() == [1] and fed.rows()[0].survivors == "[0, 1, 2, 3]"

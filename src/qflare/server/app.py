@@ -174,6 +174,18 @@ def create_app(
     return app
 
 
+def drain(app: FastAPI) -> None:
+    """The server is shutting down: stop the coordinator's clock at once.
+
+    Uvicorn lets open requests finish before the lifespan ends; without this the ticker would
+    go on meanwhile and could time out a step (abort a round) that the next server process
+    should resume.
+    """
+    ctx = getattr(app.state, "ctx", None)
+    if isinstance(ctx, ServerContext):
+        ctx.coordinator.drain()
+
+
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory``: settings from ``QFLARE_*`` environment variables."""
     return create_app(ServerSettings())

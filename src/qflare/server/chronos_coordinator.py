@@ -214,7 +214,8 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
     def tick(self) -> None:
         """Advance on deadlines, open rounds of the epoch, finish epochs, open new ones."""
         with self._lock:
-            self._guarded("tick", self._tick, raise_=False)
+            if not self.draining:
+                self._guarded("tick", self._tick, raise_=False)
 
     def _tick(self) -> None:
         now = self._clock()

@@ -184,7 +184,8 @@ class Coordinator(CoordinatorBase[LiveRound]):
     def tick(self) -> None:
         """Advance on deadlines, finish rounds, open new ones (database errors are logged)."""
         with self._lock:
-            self._guarded("tick", self._tick, raise_=False)
+            if not self.draining:
+                self._guarded("tick", self._tick, raise_=False)
 
     def _tick(self) -> None:
         now = self._clock()

@@ -85,6 +85,7 @@ class CoordinatorBase(Generic[L]):
         self._scheme = SignatureScheme(settings.signature_scheme)
         self.quant = QuantConfig(settings.clip, 32, settings.max_total_weight)
         self.health = StoreHealth()
+        self.draining = False  # shutting down: the clock stops, so nothing times out meanwhile
         self._evaluator = TestAccuracy(models) if settings.evaluate else None
         self._audits: collections.deque[tuple[str, Payload, float]] = collections.deque()
 
@@ -92,6 +93,14 @@ class CoordinatorBase(Generic[L]):
     def live(self) -> L | None:
         """The round or epoch in progress, if any."""
         return self._live
+
+    def drain(self) -> None:
+        """Stop the clock (SIGTERM) while the server finishes its open requests.
+
+        No deadline passes and no round opens meanwhile; results that still arrive are
+        accepted and logged, for the next server process to resume from.
+        """
+        self.draining = True
 
     def seen(self, device_id: str, now: float) -> None:
         """Record that a device polled (only recently seen devices are sampled)."""

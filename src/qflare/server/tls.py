@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -28,13 +29,14 @@ from qflare.crypto.x509 import (
     issue_server_cert,
     make_ca,
 )
-from qflare.server.app import create_app
+from qflare.server.app import create_app, drain
 from qflare.server.authority_client import load_authority_key
 from qflare.server.settings import ServerSettings
 
 MIN_SECURE_CLIENTS = 3  # with two clients, each learns the other's update from the sum
 EXPIRY_WARNING = dt.timedelta(days=30)
 TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2 suites; TLS 1.3 ones are all AEAD
+GRACEFUL_SHUTDOWN_S = 5  # open requests get this long to finish after SIGTERM
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "server.pem", "server.key"
 
 
@@ -229,6 +231,7 @@ def uvicorn_config(
         proxy_headers=False,  # per-IP limits must see the real peer, not a claimed one
         server_header=False,
         log_level=log_level,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,  # a stalled client cannot hold a restart
     )
     config.load()
     if config.ssl is not None:
@@ -236,6 +239,19 @@ def uvicorn_config(
     return config
 
 
+class _DrainingServer(uvicorn.Server):
+    """Uvicorn that stops the coordinator's clock as soon as SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain(self._app)
+        super().handle_exit(sig, frame)
+
+
 def serve(settings: ServerSettings, log_level: str = "info") -> None:
     """Run the server until interrupted (call :func:`check_startup` first)."""
-    uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level)).run()
+    app = create_app(settings)
+    _DrainingServer(uvicorn_config(app, settings, log_level), app).run()
