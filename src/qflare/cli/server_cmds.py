@@ -14,7 +14,9 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto.x509 import SERVER_VALID_DAYS, describe_certificate
 from qflare.ledger import Ledger
+from qflare.node.launch import StructuredFormatter
 from qflare.protocol.identity import IdentityError, parse_certificate
 from qflare.server.settings import ServerSettings
 from qflare.server.tls import StartupRefused, TlsFiles, check_startup, init_tls_dir, serve
@@ -239,7 +242,30 @@ def server(
     if problem is not None:
         err.print(f"[bold red]refusing to start:[/] {problem}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+    _log_json(log_level)  # the round event log and the server's warnings, as JSON lines
     serve(settings, log_level)
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    @property
+    def stream(self) -> Any:
+        """The current standard error."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _log_json(level: str) -> None:
+    """``qflare.*`` records to stderr as JSON lines (uvicorn keeps its own access log)."""
+    handler = _Stderr()
+    handler.setFormatter(StructuredFormatter())
+    logger = logging.getLogger("qflare")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
 
 
 # ---- qflare device -----------------------------------------------------------------------------
