@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from qflare import __version__
@@ -32,7 +33,13 @@ from qflare.server.routes import enroll, info, ledger, sessions, tasks
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
 from qflare.server.witnesses import Cosigner, load_endpoints
-from qflare.store.db import check_writable, make_engine, migrate, session_factory
+from qflare.store.db import (
+    DatabaseNotWritable,
+    check_writable,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from qflare.store.repos import SqlLedgerStore
 
 log = logging.getLogger("qflare.server")
@@ -75,8 +82,12 @@ def build_context(
     """
     client, authority_key = _authority(settings, authority)
     engine = make_engine(settings.database_url)
-    migrate(engine)
-    check_writable(engine)  # refuse to start rather than fail on the first round's write
+    try:
+        migrate(engine)
+        check_writable(engine)  # refuse to start rather than fail on the first round's write
+    except (DatabaseNotWritable, SQLAlchemyError):
+        engine.dispose()
+        raise
     factory = session_factory(engine)
     identity = load_or_create_identity(settings.state_dir, rng)
     ledger = Ledger(SqlLedgerStore(factory))
