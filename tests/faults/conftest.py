@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.server.conftest import database_url, postgres_url  # noqa: F401 - SQLite and PostgreSQL
+
 
 def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False)

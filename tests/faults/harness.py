@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import OperationalError
 
 from qflare.crypto import DeterministicRng, Ed25519Signer, SecretBytes
 from qflare.ledger import Ledger
@@ -68,7 +69,8 @@ class WriteFaults:
             return
         self._armed = False
         self.failed += 1
-        raise sqlite3.OperationalError("attempt to write a readonly database")
+        orig = sqlite3.OperationalError("attempt to write a readonly database")
+        raise OperationalError(statement, None, orig)  # as SQLAlchemy wraps it, for any driver
 
     def _committed(self, _conn: Any) -> None:
         self._armed = True
@@ -103,6 +105,7 @@ class Federation:
 
     root: Path
     n: int = 4
+    url: str = ""  # default: a SQLite file in ``root``
     settings: dict[str, Any] = field(default_factory=dict)
     faults: WriteFaults = field(default_factory=WriteFaults)
     clock: Clock = field(default_factory=Clock)
@@ -111,7 +114,7 @@ class Federation:
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.url = f"sqlite:///{self.root}/db.sqlite"
+        self.url = self.url or f"sqlite:///{self.root}/db.sqlite"
         values: dict[str, Any] = {
             "database_url": self.url,
             "state_dir": self.root,

@@ -35,10 +35,10 @@ def _view(fed: Federation) -> tuple[int, str, frozenset[int]] | None:
     return None if live is None else (live.step, live.machine.state.value, live.machine.pending())
 
 
-def test_every_write_failing_once_costs_a_retry_and_nothing_else(tmp_path):
+def test_every_write_failing_once_costs_a_retry_and_nothing_else(tmp_path, database_url):
     clean = Federation(tmp_path / "clean")
     clean.run()
-    fed = Federation(tmp_path / "faulty")
+    fed = Federation(tmp_path / "faulty", url=database_url)
     fed.faults.mode = "once"
     for _ in range(400):
         fed.see()
@@ -62,8 +62,8 @@ def test_every_write_failing_once_costs_a_retry_and_nothing_else(tmp_path):
     assert kinds == [e.kind for e in clean.coord._ledger.entries()]  # audit order kept
 
 
-def test_a_long_outage_holds_the_round_and_opens_nothing(tmp_path, caplog):
-    fed = Federation(tmp_path, settings={"max_rounds": 2})
+def test_a_long_outage_holds_the_round_and_opens_nothing(tmp_path, caplog, database_url):
+    fed = Federation(tmp_path, url=database_url, settings={"max_rounds": 2})
     fed.coord.tick()  # round 1 opens
     for _ in range(3):
         fed.step()
