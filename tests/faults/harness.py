@@ -6,6 +6,7 @@ with :class:`ConstantTrainer` updates, a database whose writes can be made to fa
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,12 @@ class WriteFaults:
     ``mode``: ``off``; ``always`` (every write fails); ``once`` (every write transaction fails
     its first attempt: after a failure the next one commits, after a commit the next fails).
     ``only``: fail only statements containing this text (a transaction fails half-way).
+    ``when``: fail only while this returns true.
     """
 
     mode: str = "off"
     only: str | None = None
+    when: Callable[[], bool] | None = None
     failed: int = 0
     _armed: bool = True
 
@@ -64,6 +67,8 @@ class WriteFaults:
         if not statement.lstrip().upper().startswith(_WRITES) or self.mode == "off":
             return
         if self.only is not None and self.only not in statement:
+            return
+        if self.when is not None and not self.when():
             return
         if self.mode == "once" and not self._armed:
             return
