@@ -219,9 +219,9 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
 
     def _tick(self) -> None:
         now = self._clock()
-        self._flush_audits()
         if self.health.blocked(now):
             return
+        self._flush_audits()
         if self._abandoned:
             self._abort_open(now, WRITE_ABORT)
             self._abandoned = False

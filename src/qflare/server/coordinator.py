@@ -189,9 +189,9 @@ class Coordinator(CoordinatorBase[LiveRound]):
 
     def _tick(self) -> None:
         now = self._clock()
-        self._flush_audits()
         if self.health.blocked(now):
             return
+        self._flush_audits()
         if self._restore is not None:
             self._retry_restore(now)
             return
