@@ -96,7 +96,8 @@ class RunOptions:
         insecure: Allow plain ``http://``.
         training: Real local training (ignored when ``trainer_spec`` is set).
         trainer_spec: ``constant:SEED[:WEIGHT]`` test trainer.
-        max_rounds: Stop after this many rounds (``None``: run until stopped).
+        max_rounds: Stop after this many completed rounds (``None``: run until stopped);
+            aborted or dropped rounds do not count.
         seed: TEST ONLY: seed the protocol randomness (masks, secrets, rounding).
         poll_wait: Long-poll duration in seconds.
         policy: Reconnection backoff.
@@ -238,7 +239,7 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
         ledger_check=_ledger_check(options, state, device, api),
     )
     try:
-        report = runner.run(options.max_rounds, stop)
+        report = runner.run(options.max_rounds, stop, completed_only=True)
         why = "stopped" if stop.is_set() else "max_rounds"
         session.send_once(runner.farewell(why, f"{report.completed} rounds completed"))
         return report

@@ -157,16 +157,32 @@ class NodeRunner:
     # ---- the loop -------------------------------------------------------------------------------
 
     def run(
-        self, max_rounds: int | None = None, stop_event: threading.Event | None = None
+        self,
+        max_rounds: int | None = None,
+        stop_event: threading.Event | None = None,
+        *,
+        completed_only: bool = False,
     ) -> RunReport:
         """Take part in rounds until ``max_rounds`` are finished or ``stop_event`` is set.
+
+        Args:
+            max_rounds: Rounds to take part in (``None``: until stopped).
+            stop_event: Set to stop after the current poll.
+            completed_only: Count only completed rounds (``qflare node run --max-rounds``): a
+                round that was aborted or dropped does not use up the node's share, so the
+                server does not run out of nodes for the rounds it still has to complete.
 
         Raises:
             NodeFatalError: the server refuses this device (revoked or unknown).
         """
         stop = stop_event or threading.Event()
         log.info("node running", extra={"device": self.device_id, "max_rounds": max_rounds})
-        while not stop.is_set() and (max_rounds is None or self.report.rounds < max_rounds):
+
+        def done() -> bool:
+            counted = self.report.completed if completed_only else self.report.rounds
+            return max_rounds is not None and counted >= max_rounds
+
+        while not stop.is_set() and not done():
             try:
                 self.run_once()
             except NodeStopped:
