@@ -41,8 +41,8 @@ def round_opened(
     )
 
 
-def step_closed(round_id: int, step: int, state: str, next_state: str, answered: int) -> None:
-    """Step ``step`` (protocol state ``state``) closed; the round moves to ``next_state``."""
+def step_closed(round_id: int, step: int, state: str, next_state: str, continuing: int) -> None:
+    """Step ``step`` (in protocol state ``state``) closed; ``continuing`` clients go on."""
     log.info(
         "step closed",
         extra={
@@ -50,7 +50,7 @@ def step_closed(round_id: int, step: int, state: str, next_state: str, answered:
             "step": step,
             "state": state,
             "next_state": next_state,
-            "answered": answered,
+            "continuing": continuing,
         },
     )
 
