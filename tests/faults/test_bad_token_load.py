@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from qflare.bench.flood import FloodConfig, flood_summary
-from tests.faults.conftest import Live
+from tests.faults.live import Live
 
 ROUNDS = 3
 

@@ -21,7 +21,7 @@ import psutil
 from qflare.crypto import SignatureScheme, SystemRng
 from qflare.node import NodeState
 from qflare.protocol.session import ServerHello, SessionInitiator
-from tests.faults.conftest import Live
+from tests.faults.live import Live
 
 BIG = 60 * 1024 * 1024
 CHUNK = b"\0" * (1024 * 1024)

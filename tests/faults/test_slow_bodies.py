@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.faults.conftest import Live
+from tests.faults.live import Live
 
 SLOW = b"POST /v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
 

@@ -263,3 +263,21 @@ def test_logs_carry_no_secret_material(tmp_path, caplog):
         text = record.getMessage() + msgspec.json.encode(extras).decode()
         for blob in secrets + uploads:
             assert blob.hex() not in text and blob[:16].hex() not in text
+
+
+def test_max_rounds_of_node_run_count_completed_rounds_only(tmp_path):
+    """Issue 15: a dropped round used up a node's --max-rounds; the server then lacked nodes
+    for the round it still had to complete. ``completed_only`` (``qflare node run``) fixes it."""
+    hub, states, trainers, _, _ = _cohort(tmp_path)
+    rejected = ServerError(400, "malformed_message", "no")
+    for i, completed_only in ((0, False), (1, True)):
+        task = hub.task_for(f"dev{i}")
+        script = _ScriptedTransport([task, None, NodeFatalError("stop here")], rejected)
+        runner = NodeRunner(states[i], script, trainers[i], DeterministicRng(i), sleep=lambda _: 0)
+        if completed_only:
+            with pytest.raises(NodeFatalError):  # it went on polling after the dropped round
+                runner.run(max_rounds=1, completed_only=True)
+            assert runner.report.dropped == 1 and not script.polls
+        else:
+            assert runner.run(max_rounds=1).dropped == 1
+            assert len(script.polls) == 2  # it stopped after the dropped round

@@ -166,7 +166,46 @@ def test_network_errors_back_off_exponentially_up_to_the_cap(setup):
     session = make()
     server.faults = [_network_error] * 5 + [_status(503, "too_many_polls"), _status(429, "")]
     assert session.poll(0) is None
-    assert sleeps == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+    # the 503 is an answer: the server is back, so the backoff starts over
+    assert sleeps == [1.0, 2.0, 4.0, 5.0, 5.0, 1.0, 2.0]
+
+
+def test_server_errors_alone_back_off_up_to_the_cap(setup):
+    server, make, sleeps, _, _ = setup
+    server.faults = [_status(503, "database_unavailable")] * 5
+    assert make().poll(0) is None
+    assert sleeps == [1.0, 2.0, 4.0, 5.0, 5.0]
+
+
+def test_a_restarted_server_is_reconnected_at_once_not_after_the_grown_delay(setup):
+    server, make, sleeps, _, _ = setup
+    session = make()
+    session.poll(0)
+    server.live.clear()  # restarted: sessions are gone, and it was unreachable for a while
+    server.faults = [_network_error] * 4
+    session.send(_result())
+    assert sleeps == [1.0, 2.0, 4.0, 5.0]  # then 401 (an answer): a handshake without waiting
+    assert session.handshakes == 2 and len(server.results) == 1
+
+
+def test_the_announced_step_timeout_caps_the_backoff(setup):
+    server, make, sleeps, _, _ = setup
+    session = make(RetryPolicy(initial_s=1.0, factor=2.0, max_delay_s=30.0, jitter=0.0))
+    server.tasks = [Task(round_id=1, step=1, message=b"x", step_timeout_s=10.0)]
+    assert session.poll(0) is not None
+    assert session.backoff_cap_s == 2.5  # a quarter of the step
+    server.faults = [_network_error] * 6
+    assert session.poll(0) is None
+    assert sleeps == [1.0, 2.0, 2.5, 2.5, 2.5, 2.5]
+
+
+def test_send_once_tries_once(setup):
+    server, make, sleeps, _, _ = setup
+    session = make()
+    server.faults = [_network_error]
+    assert session.send_once(_result()) is False
+    assert session.send_once(_result()) is True
+    assert sleeps == [] and len(server.results) == 1
 
 
 def test_jitter_scales_delays_down_within_bounds():

@@ -62,5 +62,9 @@ app.add_typer(tee_app, name="tee")
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point.
+
+    A database that refuses a command (read-only files, a full disk, an unreachable server)
+    is reported in one line, exit status 1, instead of a traceback.
+    """
+    app()  # FaultReportingGroup turns a database that refuses a command into one line

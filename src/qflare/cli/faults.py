@@ -66,7 +66,12 @@ def describe_fault(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         what = exc.strerror or one_line(str(exc)) or type(exc).__name__
         return f"{what}: {exc.filename}" if exc.filename is not None else what
+    store_db = sys.modules.get("qflare.store.db")
+    if store_db is not None and isinstance(exc, store_db.DatabaseNotWritable):
+        return str(exc)
     if _is_database_error(exc):
+        if store_db is not None:
+            return f"database: {store_db.describe_database_error(exc)}"
         orig = getattr(exc, "orig", None)
         return f"database: {one_line(str(orig if orig is not None else exc))}"
     return None

@@ -147,7 +147,10 @@ def run_cmd(
         ),
     ] = None,
     max_rounds: Annotated[
-        int | None, typer.Option(min=1, help="Stop after this many rounds.")
+        int | None,
+        typer.Option(
+            min=1, help="Stop after this many completed rounds (aborted ones don't count)."
+        ),
     ] = None,
     seed: Annotated[
         int | None,

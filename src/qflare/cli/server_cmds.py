@@ -270,10 +270,10 @@ def server(
     for warning in warnings:
         err.print(f"[yellow]warning:[/] {warning}")
     try:
-        serve(settings, settings.log_level)  # binds the port before it opens the database
+        serve(settings, settings.log_level)  # binds the port, then checks the database
     except StartupRefused as exc:
         for reason in exc.reasons:
-            err.print(f"[bold red]refusing to start:[/] {reason}")
+            err.print(f"[bold red]refusing to start:[/] {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
 

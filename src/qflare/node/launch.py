@@ -68,7 +68,8 @@ class RunOptions:
         insecure: Allow plain ``http://``.
         training: Real local training (ignored when ``trainer_spec`` is set).
         trainer_spec: ``constant:SEED[:WEIGHT]`` test trainer.
-        max_rounds: Stop after this many rounds (``None``: run until stopped).
+        max_rounds: Stop after this many completed rounds (``None``: run until stopped);
+            aborted or dropped rounds do not count.
         seed: TEST ONLY: seed the protocol randomness (masks, secrets, rounding).
         poll_wait: Long-poll duration in seconds.
         policy: Reconnection backoff.
@@ -165,6 +166,9 @@ def _ledger_check(
 def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> RunReport:
     """Run an enrolled node until ``max_rounds`` rounds are done or ``stop_event`` is set.
 
+    On the way out the node tells the server it leaves (one signed notice, one attempt), so the
+    server stops waiting for it and does not open rounds counting on it.
+
     Raises:
         qflare.node.state.StateError: the state directory is not an enrolled node.
         qflare.node.session.NodeFatalError: the server refuses this device.
@@ -207,6 +211,9 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
         ledger_check=_ledger_check(options, state, device, api),
     )
     try:
-        return runner.run(options.max_rounds, stop)
+        report = runner.run(options.max_rounds, stop, completed_only=True)
+        why = "stopped" if stop.is_set() else "max_rounds"
+        session.send_once(runner.farewell(why, f"{report.completed} rounds completed"))
+        return report
     finally:
         session.close()

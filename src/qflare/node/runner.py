@@ -38,6 +38,7 @@ from qflare.node.chronos import (
     KeystoreProvider,
     SoftwareKeystores,
 )
+from qflare.node.deadline import deadline_watch
 from qflare.node.session import NodeFatalError, NodeStopped, TaskTransport
 from qflare.node.state import NodeState
 from qflare.node.trainer import Trainer
@@ -156,16 +157,32 @@ class NodeRunner:
     # ---- the loop -------------------------------------------------------------------------------
 
     def run(
-        self, max_rounds: int | None = None, stop_event: threading.Event | None = None
+        self,
+        max_rounds: int | None = None,
+        stop_event: threading.Event | None = None,
+        *,
+        completed_only: bool = False,
     ) -> RunReport:
         """Take part in rounds until ``max_rounds`` are finished or ``stop_event`` is set.
+
+        Args:
+            max_rounds: Rounds to take part in (``None``: until stopped).
+            stop_event: Set to stop after the current poll.
+            completed_only: Count only completed rounds (``qflare node run --max-rounds``): a
+                round that was aborted or dropped does not use up the node's share, so the
+                server does not run out of nodes for the rounds it still has to complete.
 
         Raises:
             NodeFatalError: the server refuses this device (revoked or unknown).
         """
         stop = stop_event or threading.Event()
         log.info("node running", extra={"device": self.device_id, "max_rounds": max_rounds})
-        while not stop.is_set() and (max_rounds is None or self.report.rounds < max_rounds):
+
+        def done() -> bool:
+            counted = self.report.completed if completed_only else self.report.rounds
+            return max_rounds is not None and counted >= max_rounds
+
+        while not stop.is_set() and not done():
             try:
                 self.run_once()
             except NodeStopped:
@@ -300,6 +317,17 @@ class NodeRunner:
         notice = Notice(kind="declined", reason=exc.reason.value, detail=why)
         return self._sign_notice(round_id, 0, notice)
 
+    def farewell(self, reason: str, detail: str = "") -> SignedResult:
+        """A signed ``leaving`` notice, naming the round this node is in (if any).
+
+        The server stops waiting for this node and does not sample it until it polls again.
+        """
+        current = self._round
+        round_id, step = (current.round_id, current.step) if current is not None else (0, 0)
+        log.info("leaving the federation", extra={"reason": reason, "round": round_id})
+        notice = Notice(kind="leaving", reason=reason[:64], detail=detail[:500])
+        return self._sign_notice(round_id, step, notice)
+
     def _sign_notice(self, round_id: int, step: int, notice: Notice) -> SignedResult:
         message = msgspec.msgpack.encode(notice)
         transcript = result_transcript(self.device_id, round_id, step, message)
@@ -315,7 +343,8 @@ class NodeRunner:
         """Train, then quantise ``[weight·delta, weight]`` into the round's ring."""
         weights = np.frombuffer(start.weights, dtype="<f4").astype(np.float32)
         began = self._clock()
-        delta, examples = self._trainer.train(weights, start.config.round_id)
+        with deadline_watch(start.config.round_id, began, start.deadline, self._clock):
+            delta, examples = self._trainer.train(weights, start.config.round_id)
         if delta.shape != weights.shape:
             raise ValueError(f"trainer returned {delta.shape}, model has {weights.shape}")
         cfg = QuantConfig(start.clip, start.config.modulus_bits, start.max_total_weight)

@@ -6,6 +6,11 @@ expires; when the server forgets it (401 after a restart or an expiry) it runs a
 after network errors, 5xx, 429 or a frame that fails authentication it retries with bounded
 exponential backoff and jitter. Errors that no retry can fix (a revoked or unknown device)
 surface at once as :class:`NodeFatalError`.
+
+Backoff serves the round, not the other way round: the delay never exceeds a quarter of the
+step timeout the server announces in its tasks, and it starts over from the first delay when the
+server answers again after being unreachable (a restarted server is back: waiting on the old,
+grown delay would cost the node the step).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ __all__ = [
 log = logging.getLogger("qflare.node.session")
 T = TypeVar("T")
 RENEW_MARGIN_S = 30.0
+# Longest backoff as a share of the step timeout tasks announce: several retries fit in a step.
+BACKOFF_SHARE = 0.25
 _FATAL_CODES = frozenset({"device_unknown", "device_revoked", "wrong_device"})
 
 
@@ -153,6 +160,7 @@ class NodeSession:
         self._stop = stop_event or threading.Event()
         self._channel: SecureChannel | None = None
         self.handshakes = 0
+        self.backoff_cap_s = self.policy.max_delay_s  # lowered by the step timeout tasks announce
 
     # ---- TaskTransport --------------------------------------------------------------------------
 
@@ -170,6 +178,18 @@ class NodeSession:
         payload = msgspec.msgpack.encode(result)
         self._with_retry("send", lambda channel: self._send_once(channel, payload))
 
+    def send_once(self, result: SignedResult) -> bool:
+        """Deliver ``result`` with one attempt (and a handshake if needed); ``True`` if it went.
+
+        For a farewell: a node that stops does not wait for a server that does not answer.
+        """
+        payload = msgspec.msgpack.encode(result)
+        try:
+            self._send_once(self._ensure(), payload)
+        except (TransportError, ProtocolError):
+            return False
+        return True
+
     def close(self) -> None:
         """Forget the channel and close the HTTP client."""
         self._channel = None
@@ -185,9 +205,13 @@ class NodeSession:
             return None
         plain = self._open(channel, frame)
         try:
-            return decode_as(plain, Task)
+            task = decode_as(plain, Task)
         except msgspec.MsgspecError as exc:
             raise MalformedResponseError(f"task does not decode: {exc}") from exc
+        if task.step_timeout_s > 0:
+            cap = max(self.policy.initial_s, task.step_timeout_s * BACKOFF_SHARE)
+            self.backoff_cap_s = min(self.policy.max_delay_s, cap)
+        return task
 
     def _send_once(self, channel: SecureChannel, payload: bytes) -> None:
         seq, ct = channel.seal(payload, now=self._clock(), direction=C2S)
@@ -240,8 +264,11 @@ class NodeSession:
     # ---- retries --------------------------------------------------------------------------------
 
     def _with_retry(self, what: str, op: Callable[[SecureChannel], T]) -> T:
-        failures = 0
+        failures = 0  # this operation's failures (the attempt budget)
+        streak = 0  # failures since the server last came back: the backoff exponent
+        unreachable = False
         while True:
+            handshakes = self.handshakes
             try:
                 return op(self._ensure())
             except (UnauthorizedError, SessionLostError) as exc:
@@ -249,30 +276,38 @@ class NodeSession:
                     raise NodeFatalError(str(exc)) from exc
                 self._channel = None  # the server forgot the session, or it is broken
                 error: TransportError = exc
-                immediate = failures == 0  # first loss: re-handshake without waiting
             except ConflictError as exc:
                 if what == "send":
                     raise
                 self._channel = None  # a replayed poll sequence: the channel is out of step
-                error, immediate = exc, False
+                error = exc
             except (
                 NetworkError,
                 ServerUnavailableError,
                 RateLimitedError,
                 MalformedResponseError,
             ) as exc:
-                error, immediate = exc, False
+                error = exc
             except ForbiddenError as exc:
                 raise NodeFatalError(str(exc)) from exc
+            answered = not isinstance(error, NetworkError) or self.handshakes > handshakes
+            if answered and unreachable:
+                streak = 0  # the server is back: start the backoff over
+                log.info("server reachable again", extra={"what": what})
+            unreachable = not answered
             failures += 1
-            self._backoff(what, failures, error, immediate)
+            lost = isinstance(error, (UnauthorizedError, SessionLostError))
+            self._backoff(what, failures, error, immediate=lost and streak == 0, streak=streak)
+            streak += 1
 
-    def _backoff(self, what: str, failures: int, error: TransportError, immediate: bool) -> None:
+    def _backoff(
+        self, what: str, failures: int, error: TransportError, *, immediate: bool, streak: int
+    ) -> None:
         if self.policy.exhausted(failures):
             raise error
         if self._stop.is_set():
             raise NodeStopped(f"stopped while retrying {what}") from error
-        delay = 0.0 if immediate else self.policy.delay(failures - 1, self._jitter())
+        delay = 0.0 if immediate else self._delay(streak)
         log.warning(
             "%s failed; retrying",
             what,
@@ -280,3 +315,7 @@ class NodeSession:
         )
         if delay > 0:
             self._sleep(delay)
+
+    def _delay(self, streak: int) -> float:
+        """The policy's delay for retry ``streak``, kept under the announced step timeout."""
+        return min(self.backoff_cap_s, self.policy.delay(streak, self._jitter()))

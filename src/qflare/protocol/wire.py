@@ -311,6 +311,8 @@ class Task(
     SecAgg tasks set ``start`` or ``message``; CHRONOS tasks set ``chronos`` (then ``step``
     counts the epoch's steps and ``round_id`` is the round in progress, or the epoch's first
     round while offline). Unset fields are not encoded, so SecAgg tasks decode on older nodes.
+    ``step_timeout_s`` announces the federation's step timeout: a node keeps its reconnection
+    backoff well below it, so that a server restart does not cost it the step.
     """
 
     version: int = PROTOCOL_VERSION
@@ -319,6 +321,7 @@ class Task(
     start: RoundStart | None = None
     message: bytes | None = None
     chronos: ChronosTask | None = None
+    step_timeout_s: float = 0.0
 
 
 class Notice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="notice"):

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from qflare import __version__
@@ -33,7 +34,13 @@ from qflare.server.routes import enroll, info, ledger, sessions, tasks
 from qflare.server.sessions import SessionTable
 from qflare.server.settings import ServerSettings
 from qflare.server.witnesses import Cosigner, load_endpoints
-from qflare.store.db import make_engine, migrate, session_factory
+from qflare.store.db import (
+    DatabaseNotWritable,
+    check_writable,
+    make_engine,
+    migrate,
+    session_factory,
+)
 from qflare.store.repos import SqlLedgerStore
 
 log = logging.getLogger("qflare.server")
@@ -93,10 +100,16 @@ def build_context(
 
     Raises:
         ValueError: ``settings.authority_key`` is not an authority public key.
+        DatabaseNotWritable: the database refuses writes (one line says why).
     """
     client, authority_key = _authority(settings, authority)
     engine = make_engine(settings.database_url)
-    migrate(engine)
+    try:
+        migrate(engine)
+        check_writable(engine)  # refuse to start rather than fail on the first round's write
+    except (DatabaseNotWritable, SQLAlchemyError):
+        engine.dispose()
+        raise
     factory = session_factory(engine)
     identity = load_or_create_identity(settings.state_dir, rng)
     ledger = Ledger(SqlLedgerStore(factory))
@@ -202,6 +215,18 @@ def create_app(
     app.add_middleware(AbuseGuard)
     app.state.unauthenticated = unauthenticated
     return app
+
+
+def drain(app: FastAPI) -> None:
+    """The server is shutting down: stop the coordinator's clock at once.
+
+    Uvicorn lets open requests finish before the lifespan ends; without this the ticker would
+    go on meanwhile and could time out a step (abort a round) that the next server process
+    should resume.
+    """
+    ctx = getattr(app.state, "ctx", None)
+    if isinstance(ctx, ServerContext):
+        ctx.coordinator.drain()
 
 
 def app_from_env() -> FastAPI:

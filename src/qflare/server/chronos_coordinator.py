@@ -12,6 +12,9 @@ Every accepted message and every advance is written to the event log of the curr
 the nodes' keystores cannot be rewound to a replayed server, and the log does not keep masked
 inputs, so :meth:`ChronosCoordinator.recover` aborts every open round row with a logged reason
 and the next epoch starts afresh (round ids keep increasing, so no enclave counter is reused).
+For the same reason a database write that fails mid-epoch abandons the epoch: clients get 503,
+then 409; its open rows are closed as aborted as soon as the database takes writes again, and
+no epoch opens before that.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from qflare.protocol.wire import (
     SignedResult,
     decode_notice,
 )
+from qflare.server import events
 from qflare.server.admission import Admission, Refused
 from qflare.server.chronos_live import (
     ChronosEpoch,
@@ -57,6 +61,7 @@ __all__ = ["RESTART_ABORT", "ChronosCoordinator"]
 
 log = logging.getLogger("qflare.server")
 RESTART_ABORT = "server restarted: an interrupted CHRONOS epoch is not resumed"
+WRITE_ABORT = "a database write failed: the CHRONOS epoch was abandoned"
 SESSION = "qflare"
 
 
@@ -84,6 +89,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         super().__init__(settings, factory, ledger, models, clock, rng)
         self.mode = Mode(settings.protocol)
         self.admission = Admission.from_settings(settings)
+        self._abandoned = False  # an epoch was dropped; its open rows still need closing
 
     # ---- results --------------------------------------------------------------------------------
 
@@ -95,19 +101,35 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
                 rejected protocol message (400).
         """
         with self._lock:
+            now = self._clock()
+            if self.health.blocked(now) or self._abandoned:
+                raise self.health.unavailable(now)
+            self._guarded(
+                "result", lambda: self._submit(device_id, result, identity_pk), raise_=True
+            )
+
+    def _submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
+        notice = decode_notice(result.message)
+        if notice is not None and notice.kind == "leaving":
+            index = self.leaving(device_id, result, identity_pk, notice)
             live = self._live
-            index = verified_index(live, self._scheme, device_id, result, identity_pk)
-            assert live is not None
-            notice = decode_notice(result.message)
-            if notice is not None:
-                self.notice(device_id, notice.kind, notice.reason, notice.detail)
+            if live is not None and index is not None:
                 self._stop_waiting(live, index)
-            elif live.machine is None:
-                self._accept_join(live, index, device_id, identity_pk, result.message)
-            else:
-                self._accept(live, live.machine, index, result.message)
-            if live.ready():
-                self._advance(live)
+                if live.ready():
+                    self._advance(live)
+            return
+        live = self._live
+        index = verified_index(live, self._scheme, device_id, result, identity_pk)
+        assert live is not None
+        if notice is not None:
+            self.notice(device_id, notice.kind, notice.reason, notice.detail)
+            self._stop_waiting(live, index)
+        elif live.machine is None:
+            self._accept_join(live, index, device_id, identity_pk, result.message)
+        else:
+            self._accept(live, live.machine, index, result.message)
+        if live.ready():
+            self._advance(live)
 
     def _stop_waiting(self, live: ChronosEpoch, index: int) -> None:
         if live.machine is None:
@@ -169,32 +191,53 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
     def _log(
         self, live: ChronosEpoch, kind: str, sender: int | None, payload: bytes | None
     ) -> None:
-        with self._factory() as db, db.begin():
+        def write(db: Session) -> None:
             repos.append_event(db, live.round_id, live.next_seq(), kind, sender, payload)
             if kind == "advance" and live.machine is not None:
                 row = db.get(Round, live.round_id)
                 if row is not None and row.closed_at is None:
                     row.state = live.machine.state.value
 
+        self._commit(kind, write)
+
+    def _lost(self, now: float) -> None:
+        """A write failed: abandon the epoch (it cannot be rebuilt); close its rows later."""
+        if self._live is None:
+            return
+        log.warning("CHRONOS epoch abandoned", extra={"epoch": self._live.epoch})
+        self._live, self._abandoned = None, True
+        self.generation += 1
+
     # ---- the clock ------------------------------------------------------------------------------
 
     def tick(self) -> None:
         """Advance on deadlines, open rounds of the epoch, finish epochs, open new ones."""
-        now = self._clock()
         with self._lock:
-            live = self._live
-            if live is None:
-                if now - self._last_close >= self.settings.round_interval_s:
-                    self._maybe_open(now)
-                return
-            if live.collecting():
-                if live.ready() or now >= live.deadline:
-                    self._advance(live)
-            elif live.machine is not None and live.machine.state is State.ON_IDLE:
-                if now - self._last_close >= self.settings.round_interval_s:
-                    self._open_round(live, live.machine, now)
-            else:
-                self._end_epoch(live, now, abort=None)
+            if not self.draining:
+                self._guarded("tick", self._tick, raise_=False)
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self.health.blocked(now):
+            return
+        self._flush_audits()
+        if self._abandoned:
+            self._abort_open(now, WRITE_ABORT)
+            self._abandoned = False
+            return
+        live = self._live
+        if live is None:
+            if now - self._last_close >= self.settings.round_interval_s:
+                self._maybe_open(now)
+            return
+        if live.collecting():
+            if live.ready() or now >= live.deadline:
+                self._advance(live)
+        elif live.machine is not None and live.machine.state is State.ON_IDLE:
+            if now - self._last_close >= self.settings.round_interval_s:
+                self._open_round(live, live.machine, now)
+        else:
+            self._end_epoch(live, now, abort=None)
 
     def _advance(self, live: ChronosEpoch) -> None:
         now = self._clock()
@@ -222,10 +265,17 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         else:  # offline phase done: the first round opens on the next tick
             self.generation += 1
 
-    def _send(self, live: ChronosEpoch, tasks: dict[int, ChronosTask], now: float) -> None:
+    def _send(
+        self,
+        live: ChronosEpoch,
+        tasks: dict[int, ChronosTask],
+        now: float,
+        timeout_s: float | None = None,
+    ) -> None:
         live.step += 1
         live.outbox = tasks
-        live.deadline = now + self.settings.step_timeout_s
+        live.deadline = now + (timeout_s or self.settings.step_timeout_s)
+        live.step_timeout_s = self.settings.step_timeout_s
         self.generation += 1
 
     # ---- epochs ---------------------------------------------------------------------------------
@@ -259,6 +309,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
                 deadline=now + self.settings.step_timeout_s,
             )
         live = ChronosEpoch(first, rounds, ids, first, now + self.settings.step_timeout_s)
+        live.step_timeout_s = self.settings.step_timeout_s
         live.nonces = {i: self._rng.random_bytes(32) for i in ids}
         join = {
             i: ChronosTask(
@@ -276,9 +327,8 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         live.outbox = join
         self._live = live
         self.generation += 1
-        self._ledger.append(
+        self._audit(
             "epoch_open",
-            "server",
             {"epoch": first, "mode": self.mode.value, "devices": len(ids), "rounds": rounds},
             now,
         )
@@ -324,9 +374,8 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self._last_close = now
         self._live = None
         self.generation += 1
-        self._ledger.append(
+        self._audit(
             "epoch_complete" if abort is None else "epoch_abort",
-            "server",
             {"epoch": live.epoch, "abort": abort},
             now,
         )
@@ -344,7 +393,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         except ProtocolError as exc:
             self._end_epoch(live, now, abort=str(exc))
             return
-        deadline = now + self.settings.step_timeout_s
+        deadline = now + self.settings.training_timeout_s  # the nodes train in this step
         devices = json.dumps({i: live.devices[i] for i in out})
         with self._factory() as db, db.begin():
             if put_round_row(
@@ -370,10 +419,12 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             u: ChronosTask(epoch=live.epoch, message=cm.encode(msg), round=info)
             for u, msg in out.items()
         }
-        self._send(live, tasks, now)
-        self._ledger.append(
+        self._send(live, tasks, now, self.settings.training_timeout_s)
+        events.round_opened(
+            round_id, len(out), machine.cfg.k, machine.cfg.t, version, deadline - now
+        )
+        self._audit(
             "round_open",
-            "server",
             {"round": round_id, "epoch": live.epoch, "clients": len(out), "model_version": version},
             now,
         )
@@ -410,9 +461,15 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         }
         if total is not None:
             payload["sum_sha256"] = hashlib.sha256(total.tobytes()).hexdigest()
-        self._ledger.append(
-            "round_complete" if total is not None else "round_abort", "server", payload, now
+        events.round_closed(
+            live.round_id,
+            "COMPLETED" if total is not None else "ABORTED",
+            survivors=result.survivors if result is not None and total is not None else (),
+            model_version=version,
+            abort=abort,
+            accuracy=self._accuracy(version),
         )
+        self._audit("round_complete" if total is not None else "round_abort", payload, now)
         if machine.state is not State.ON_IDLE:
             self._end_epoch(live, now, abort=None if machine.state is State.EPOCH_OVER else abort)
 
@@ -420,13 +477,17 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
 
     def recover(self) -> None:
         """Abort the rounds of an epoch interrupted by a restart (CHRONOS is not resumed)."""
-        now = self._clock()
+        self._abort_open(self._clock(), RESTART_ABORT)
+
+    def _abort_open(self, now: float, reason: str) -> None:
+        """Close every open round row as aborted with ``reason``."""
         with self._factory() as db, db.begin():
             aborted = [r.id for r in repos.open_rounds(db)]
             for round_id in aborted:
-                abort_row(db, round_id, now, RESTART_ABORT)
+                abort_row(db, round_id, now, reason)
+        self.health.ok(now)
         for round_id in aborted:
             log.warning("aborting an interrupted round", extra={"round": round_id})
-            self._ledger.append(
-                "round_abort", "server", {"round": round_id, "abort": RESTART_ABORT}, now
-            )
+            events.round_closed(round_id, "ABORTED", survivors=(), model_version=None, abort=reason)
+            self._audit("round_abort", {"round": round_id, "abort": reason}, now)
+        self._last_close = now

@@ -52,6 +52,7 @@ class ChronosEpoch:
         next_round: The next round id to open.
         seq: Next event-log sequence number of ``round_id``'s row.
         index_of: Device id -> client index.
+        step_timeout_s: The step timeout announced in tasks (nodes cap their backoff by it).
     """
 
     epoch: int
@@ -70,6 +71,7 @@ class ChronosEpoch:
     next_round: int = 0
     seq: int = 0
     index_of: dict[str, int] = field(default_factory=dict)
+    step_timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.index_of = {d: i for i, d in self.devices.items()}
@@ -94,7 +96,12 @@ class ChronosEpoch:
         payload = self.outbox.get(index)
         if payload is None or index not in self.pending():
             return None
-        return Task(round_id=self.round_id, step=self.step, chronos=payload)
+        return Task(
+            round_id=self.round_id,
+            step=self.step,
+            chronos=payload,
+            step_timeout_s=self.step_timeout_s,
+        )
 
     def next_seq(self) -> int:
         """Reserve the next event-log sequence number."""

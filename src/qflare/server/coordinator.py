@@ -1,35 +1,45 @@
 """Drives one secure-aggregation round at a time over HTTP-delivered messages.
 
-Every accepted client message is written to the round's event log in the same transaction that
-accepts it (masked inputs go into the persisted running sum instead), and every advance is logged,
-so a restarted server replays the log through a fresh :class:`SecAggServer` and continues the round
-exactly where it stopped: no accepted upload is lost and no client redoes an accepted step.
+**The event log is the truth.** Every accepted client message is written to the round's event
+log (masked inputs into the persisted running sum instead), and every advance is logged; the
+step that finishes a round is written together with the round's result and the new model in one
+transaction. Under the coordinator's lock a message goes through the machine and then its row is
+committed; if that commit fails, the in-memory round is thrown away and rebuilt from the log
+(:func:`~qflare.server.round_replay.load_round`), so memory never runs ahead of the database:
+the client gets 503 with ``Retry-After`` and its retry is judged by the rebuilt machine, exactly
+as after a restart. While the database refuses writes no new round opens, and the current step's
+deadline moves so that nobody is dropped for the server's failure.
+
+A restarted server replays the newest open round and closes every other open round as aborted
+with a reason (also the newest one when the global model has moved on since it opened).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from qflare.crypto import CryptoError, verify_signature
 from qflare.protocol import messages as m
 from qflare.protocol.errors import AbortReason, ProtocolError, RemoteProtocolError
-from qflare.protocol.secagg import SecAggServer, State
-from qflare.protocol.wire import (
-    UPDATE_CONTEXT,
-    RoundStart,
-    SignedResult,
-    decode_notice,
-    result_transcript,
-)
+from qflare.protocol.secagg import State
+from qflare.protocol.wire import SignedResult, decode_notice
+from qflare.server import events
+from qflare.server.chronos_live import abort_row
 from qflare.server.coordinator_base import CoordinatorBase
 from qflare.server.live import LiveRound
+from qflare.server.round_replay import build_live, load_round
 from qflare.store import conduct, repos
+from qflare.store.db import DatabaseUnavailable
 from qflare.store.models import Round
+
+__all__ = ["Coordinator"]
+
+SUPERSEDED = "server restarted: a newer round was opened after this one"
 
 
 class Coordinator(CoordinatorBase[LiveRound]):
@@ -44,67 +54,70 @@ class Coordinator(CoordinatorBase[LiveRound]):
         rng: Randomness for graph seeds.
     """
 
+    _restore: tuple[int, float] | None = None  # (round, deadline) to rebuild after a failure
+
     # ---- results --------------------------------------------------------------------------------
 
     def submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
-        """Verify a signed result and feed it to the round's machine, persisting it atomically.
+        """Verify a signed result and feed it to the round's machine, persisting it first.
 
         Raises:
             RemoteProtocolError: wrong round or step (409), bad signature (401), malformed or
                 rejected protocol message (400).
+            DatabaseUnavailable: the database refused the write (503; retry later).
         """
         with self._lock:
-            live = self._require_step(device_id, result)
-            index = live.index_of[device_id]
-            try:
-                transcript = result_transcript(
-                    device_id, result.round_id, result.step, result.message
-                )
-                verify_signature(
-                    self._scheme, identity_pk, result.signature, transcript, context=UPDATE_CONTEXT
-                )
-            except CryptoError as exc:
-                raise RemoteProtocolError(
-                    "result signature does not verify",
-                    state=live.machine.state.value,
-                    client=index,
-                    reason=AbortReason.BAD_SIGNATURE,
-                    http_status=401,
-                ) from exc
-            notice = decode_notice(result.message)
-            if notice is not None:
-                self._noticed(live, index, device_id, notice.kind, notice.reason, notice.detail)
-                return
-            try:
-                msg = m.decode_client(result.message)
-            except msgspec.MsgspecError as exc:
-                raise RemoteProtocolError(
-                    f"malformed protocol message: {exc}",
-                    state=live.machine.state.value,
-                    client=index,
-                    reason=AbortReason.MALFORMED_MESSAGE,
-                ) from exc
-            if msg.sender != index:
-                raise RemoteProtocolError(
-                    "message sender is not this device",
-                    state=live.machine.state.value,
-                    client=index,
-                    http_status=403,
-                )
-            self._accept(live, index, msg)
-            if live.machine.ready():
-                self._advance(live)
+            now = self._clock()
+            if self.health.blocked(now) or self._restore is not None:
+                self._retry_restore(now)
+                if self.health.blocked(now) or self._restore is not None:
+                    raise self.health.unavailable(now)
+            self._guarded(
+                "result", lambda: self._submit(device_id, result, identity_pk), raise_=True
+            )
 
-    def _noticed(
-        self, live: LiveRound, index: int, device_id: str, kind: str, reason: str, detail: str
-    ) -> None:
-        """A node declined this round (or leaves): record why and stop waiting for it."""
-        self.notice(device_id, kind, reason, detail)
+    def _submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
+        notice = decode_notice(result.message)
+        if notice is not None and notice.kind == "leaving":
+            index = self.leaving(device_id, result, identity_pk, notice)
+            if self._live is not None and index is not None:
+                self._stop_waiting(self._live, index, "left: " + notice.reason)
+            return
+        live = self._require_step(device_id, result)
+        index = live.index_of[device_id]
+        self.verify_result(device_id, result, identity_pk, live.machine.state.value, index)
+        if notice is not None:
+            self.notice(device_id, notice.kind, notice.reason, notice.detail)
+            self._stop_waiting(live, index, f"{notice.kind}: {notice.reason}")
+            return
+        try:
+            msg = m.decode_client(result.message)
+        except msgspec.MsgspecError as exc:
+            raise RemoteProtocolError(
+                f"malformed protocol message: {exc}",
+                state=live.machine.state.value,
+                client=index,
+                reason=AbortReason.MALFORMED_MESSAGE,
+            ) from exc
+        if msg.sender != index:
+            raise RemoteProtocolError(
+                "message sender is not this device",
+                state=live.machine.state.value,
+                client=index,
+                http_status=403,
+            )
+        self._accept(live, index, msg)
+        if live.machine.ready():  # the message is durable: a failed advance is the tick's
+            self._guarded("advance", lambda: self._advance(live), raise_=False)
+
+    def _stop_waiting(self, live: LiveRound, index: int, why: str) -> None:
+        """A node declined this round or left: stop waiting for it."""
         if index in live.machine.pending():
             live.machine.drop(index)
-            self._log(live, "reject", index, None)
+            self._commit("reject", lambda db: self._log(db, live, "reject", index, None))
+            events.device_excluded(live.round_id, index, live.devices[index], why)
         if live.machine.ready():
-            self._advance(live)
+            self._guarded("advance", lambda: self._advance(live), raise_=False)
 
     def _require_step(self, device_id: str, result: SignedResult) -> LiveRound:
         live = self._live
@@ -121,68 +134,94 @@ class Coordinator(CoordinatorBase[LiveRound]):
         return live
 
     def _accept(self, live: LiveRound, index: int, msg: m.ClientMessage) -> None:
-        excluded_before = set(live.machine.excluded)
-        was_pending = index in live.machine.pending()
+        machine = live.machine
+        if isinstance(msg, m.MaskedInput) and index in live.masked:
+            return  # re-sent after its answer was lost (e.g. by a restart): already summed
+        excluded_before = dict(machine.excluded)
+        was_pending = index in machine.pending()
         try:
-            live.machine.handle(msg)
+            machine.handle(msg)
         except ProtocolError:
-            if index in live.machine.excluded and index not in excluded_before:
-                self._log(live, "reject", index, None)
+            if index in machine.excluded and index not in excluded_before:
+                self._commit("reject", lambda db: self._log(db, live, "reject", index, None))
+                events.excluded_since(
+                    live.round_id, excluded_before, machine.excluded, live.devices
+                )
             raise
         if not was_pending:
             return  # an identical retry, ignored by the machine: already in the log
         if isinstance(msg, m.MaskedInput):
             missing = msgspec.msgpack.encode(list(msg.missing))
-            self._log(live, "masked", index, missing, acc=live.machine.accumulator)
+            acc = machine.accumulator
+            self._commit(
+                "masked input", lambda db: self._log(db, live, "masked", index, missing, acc)
+            )
+            live.masked.add(index)
         else:
-            self._log(live, "message", index, m.encode(msg))
+            payload = m.encode(msg)
+            self._commit("message", lambda db: self._log(db, live, "message", index, payload))
 
     def _log(
         self,
+        db: Session,
         live: LiveRound,
         kind: str,
         sender: int | None,
         payload: bytes | None,
         acc: bytes | None = None,
     ) -> None:
-        with self._factory() as db, db.begin():
-            repos.append_event(db, live.round_id, live.next_seq(), kind, sender, payload)
-            if acc is not None:
-                repos.save_sum(db, live.round_id, acc, len(live.machine.excluded))
-            if kind == "advance":
-                row = db.get(Round, live.round_id)
-                if row is not None:
-                    row.state = live.machine.state.value
+        repos.append_event(db, live.round_id, live.next_seq(), kind, sender, payload)
+        if acc is not None:
+            repos.save_sum(db, live.round_id, acc, len(live.machine.excluded))
+        if kind == "advance":
+            row = db.get(Round, live.round_id)
+            if row is not None:
+                row.state = live.machine.state.value
 
     # ---- the clock ------------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Advance on deadlines, finish rounds, open new ones."""
-        now = self._clock()
+        """Advance on deadlines, finish rounds, open new ones (database errors are logged)."""
         with self._lock:
-            live = self._live
-            if live is not None and live.machine.state not in (State.COMPLETED, State.ABORTED):
-                if live.machine.ready() or now >= live.deadline:
-                    self._advance(live)
-                return
-            if now - self._last_close >= self.settings.round_interval_s:
-                self._maybe_open(now)
+            if not self.draining:
+                self._guarded("tick", self._tick, raise_=False)
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self.health.blocked(now):
+            return
+        self._flush_audits()
+        if self._restore is not None:
+            self._retry_restore(now)
+            return
+        live = self._live
+        if live is not None:
+            if live.terminal:  # rebuilt from a log whose last advance ended the round
+                self._close(live, now, live.abort)
+            elif live.machine.ready() or now >= live.deadline:
+                self._advance(live)
+            return
+        if now - self._last_close >= self.settings.round_interval_s:
+            self._maybe_open(now)
 
     def _advance(self, live: LiveRound) -> None:
         now = self._clock()
+        machine = live.machine
+        before, excluded_before = machine.state.value, dict(machine.excluded)
         try:
-            out = live.machine.advance()
+            out = machine.advance()
         except ProtocolError as exc:
-            self._log(live, "advance", None, None)
-            self._close(live, now, abort=str(exc))
+            out, live.abort = {}, str(exc)
+        if live.terminal:
+            self._close(live, now, live.abort, advanced=True)
             return
-        self._log(live, "advance", None, None)
+        self._commit("advance", lambda db: self._log(db, live, "advance", None, None))
+        events.excluded_since(live.round_id, excluded_before, machine.excluded, live.devices)
+        events.step_closed(live.round_id, live.step, before, machine.state.value, len(out))
         live.step += 1
         live.outbox = {i: m.encode(msg) for i, msg in out.items()}
         live.deadline = now + self.settings.step_timeout_s
         self.generation += 1
-        if live.machine.state is State.COMPLETED:
-            self._close(live, now, abort=None)
 
     # ---- opening and closing --------------------------------------------------------------------
 
@@ -194,157 +233,188 @@ class Coordinator(CoordinatorBase[LiveRound]):
             round_id = repos.next_round_id(db)
         if len(devices) < max(self.settings.min_clients, 2):
             return
-        version, weights = self._models.latest()
+        model = self._models.latest()
         n = len(devices)
-        ids = tuple(d.client_index for d in devices)
         k, t = self.graph_params(n)
         cfg = m.RoundConfig(
             session="qflare",
             round_id=round_id,
-            participants=ids,
+            participants=tuple(d.client_index for d in devices),
             k=k,
             t=t,
-            dim=weights.size + 1,
+            dim=model[1].size + 1,
             modulus_bits=32,
             signature_scheme=self._scheme.value,
         )
-        with self._factory() as db, db.begin():
-            db.add(
-                Round(
-                    id=round_id,
-                    state=State.R0_ADVERTISE_KEYS.value,
-                    config=m.encode(cfg),
-                    devices=json.dumps({d.client_index: d.id for d in devices}),
-                    model_version=version,
-                    opened_at=now,
-                    deadline_at=now + self.settings.step_timeout_s,
-                )
-            )
+        deadline = now + self.settings.training_timeout_s
+        ids = {d.client_index: d.id for d in devices}
+        row = Round(
+            id=round_id,
+            state=State.R0_ADVERTISE_KEYS.value,
+            config=m.encode(cfg),
+            devices=json.dumps(ids),
+            model_version=model[0],
+            opened_at=now,
+            deadline_at=deadline,
+        )
+        self._commit("round open", lambda db: db.add(row))
+        keys = {d.client_index: (d.identity_pk, d.certificate or b"") for d in devices}
+        self._live = build_live(self.settings, cfg, ids, keys, model, deadline)
         self.generation += 1
-        self._live = self._build_live(
-            cfg,
-            {d.client_index: d.id for d in devices},
-            {d.client_index: (d.identity_pk, d.certificate or b"") for d in devices},
-            version,
-            weights,
-            now,
-        )
-        self._ledger.append(
+        events.round_opened(round_id, n, k, t, model[0], deadline - now)
+        self._audit(
             "round_open",
-            "server",
-            {"round": round_id, "clients": n, "k": k, "t": t, "model_version": version},
+            {"round": round_id, "clients": n, "k": k, "t": t, "model_version": model[0]},
             now,
         )
-
-    def _build_live(
-        self,
-        cfg: m.RoundConfig,
-        devices: dict[int, str],
-        keys: dict[int, tuple[bytes, bytes]],
-        version: int,
-        weights: npt.NDArray[np.float32],
-        now: float,
-    ) -> LiveRound:
-        deadline = now + self.settings.step_timeout_s
-        identities = {i: pk for i, (pk, _) in keys.items()}
-        certificates = {i: cert for i, (_, cert) in keys.items()}
-        starts = {
-            i: RoundStart(
-                config=cfg,
-                client_index=i,
-                certificates=certificates,
-                model_version=version,
-                weights=weights.astype(np.float32).tobytes(),
-                clip=self.quant.clip,
-                max_total_weight=self.quant.max_total_weight,
-                deadline=deadline,
-            )
-            for i in devices
-        }
-        machine = SecAggServer(cfg, identities, max_seed_restarts=self.settings.seed_restarts)
-        return LiveRound(cfg.round_id, cfg, machine, devices, identities, starts, deadline=deadline)
 
     def _completed_rounds(self) -> int:
         with self._factory() as db:
             return repos.count_rounds(db, State.COMPLETED.value)
 
-    def _close(self, live: LiveRound, now: float, abort: str | None) -> None:
-        result = live.machine.result
-        version = None
+    def _close(
+        self, live: LiveRound, now: float, abort: str | None, *, advanced: bool = False
+    ) -> None:
+        """Write the round's end (with its last advance) in one transaction, then forget it."""
+        result = live.machine.result if abort is None else None
         decoded = self.decode(result) if result is not None else None
         if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
             abort, result, decoded = decoded, None, None
-        state = live.machine.state.value if abort is None else State.ABORTED.value
-        with self._factory() as db, db.begin():
+        state = State.COMPLETED.value if result is not None else State.ABORTED.value
+
+        def write(db: Session) -> int | None:
+            if advanced:
+                self._log(db, live, "advance", None, None)
             row = db.get(Round, live.round_id)
             assert row is not None
             row.state, row.closed_at, row.abort_reason = state, now, abort
             conduct.set_culprits(db, live.round_id, live.machine.culprits)
-            if result is not None and decoded is not None:
-                conduct.set_survivors(db, live.round_id, live.machine.survivors)
-                row.result = result.tobytes()
-                total, weight = decoded
-                version = self._models.apply_fedavg(db, total, weight, live.round_id, now)
+            if result is None or decoded is None:
+                return None
+            conduct.set_survivors(db, live.round_id, live.machine.survivors)
+            row.result = result.tobytes()
+            return self._models.apply_fedavg(db, decoded[0], decoded[1], live.round_id, now)
+
+        version = self._commit("round close", write)
+        self._live = None
         self._last_close = now
         self.generation += 1
+        self._closed(live, now, state, abort, version, result)
+
+    def _closed(
+        self,
+        live: LiveRound,
+        now: float,
+        state: str,
+        abort: str | None,
+        version: int | None,
+        result: object,
+    ) -> None:
+        """Log and audit a round that was just closed."""
+        machine = live.machine
+        events.round_closed(
+            live.round_id,
+            state,
+            survivors=machine.survivors if abort is None else (),
+            model_version=version,
+            abort=abort,
+            accuracy=self._accuracy(version),
+        )
         payload: dict[str, str | int | float | bool | None] = {
             "round": live.round_id,
             "state": state,
-            "survivors": len(live.machine.survivors),
+            "survivors": len(machine.survivors),
             "model_version": version,
             "abort": abort,
         }
-        if live.machine.culprits:
-            payload["culprits"] = ",".join(str(c) for c in sorted(live.machine.culprits))
-        if result is not None:
-            payload["sum_sha256"] = hashlib.sha256(result.tobytes()).hexdigest()
-        self._ledger.append(
-            "round_complete" if abort is None else "round_abort", "server", payload, now
-        )
-        self._live = None
+        if machine.culprits:
+            payload["culprits"] = ",".join(str(c) for c in sorted(machine.culprits))
+        if machine.result is not None and abort is None:
+            payload["sum_sha256"] = hashlib.sha256(machine.result.tobytes()).hexdigest()
+        self._audit("round_complete" if abort is None else "round_abort", payload, now)
 
-    # ---- recovery -------------------------------------------------------------------------------
+    # ---- failures and recovery ------------------------------------------------------------------
+
+    def _lost(self, now: float) -> None:
+        """A write failed: forget the in-memory round and rebuild it from the log."""
+        live = self._live
+        if live is None:
+            return
+        self._live = None
+        self.generation += 1
+        self._restore = (live.round_id, live.deadline)
+        self._retry_restore(now)
+
+    def _retry_restore(self, now: float) -> None:
+        """Rebuild the round a failed write left behind (reads usually still work).
+
+        Never raises: while the database cannot be read, :attr:`_restore` stays set, no round
+        is served or opened, and the tick tries again.
+        """
+        if self._restore is None:
+            return
+        round_id, deadline = self._restore
+        try:
+            with self._factory() as db:
+                row = db.get(Round, round_id)
+                live = None
+                if row is not None and row.closed_at is None:
+                    live = load_round(db, row, self._models, self.settings, deadline)
+        except SQLAlchemyError as exc:
+            self.health.failed(exc, now, "rebuild the round from its log")
+            return
+        except (ProtocolError, LookupError) as exc:  # only if the log was edited
+            with contextlib.suppress(DatabaseUnavailable):
+                self._abort_open([(round_id, f"its event log does not replay: {exc}")], now)
+                self._restore = None
+            return
+        self._restore = None
+        if live is not None:  # nobody is dropped for the server's failure
+            live.deadline = max(deadline, now + self._timeout_of(live))
+            self._live = live
+            self.generation += 1
+
+    def _timeout_of(self, live: LiveRound) -> float:
+        return self.settings.training_timeout_s if live.step == 0 else self.settings.step_timeout_s
 
     def recover(self) -> None:
-        """Rebuild the open round (if any) from its event log after a restart."""
+        """After a restart: resume the newest open round from its log, abort every other.
+
+        The newest is aborted too when the global model moved on since it opened (it would
+        train an old model) or when its log does not replay.
+        """
         now = self._clock()
         with self._factory() as db:
-            open_rows = repos.open_rounds(db)
-            if not open_rows:
-                return
-            row = open_rows[-1]
-            events = repos.round_events(db, row.id)
-            saved = repos.load_sum(db, row.id)
-            devices = {int(i): d for i, d in json.loads(row.devices).items()}
-            keys = {
-                i: (dev.identity_pk, dev.certificate or b"")
-                for i, d in devices.items()
-                if (dev := repos.get_device(db, d)) is not None
-            }
-        cfg = msgspec.msgpack.decode(row.config, type=m.RoundConfig)
-        weights = self._models.weights(row.model_version)
-        live = self._build_live(cfg, devices, keys, row.model_version, weights, now)
-        self._replay(live, events)
-        if saved is not None and live.machine.state in (
-            State.R2_MASKED_INPUT,
-            State.R3_CONSISTENCY,
-            State.R4_UNMASK,
-        ):
-            live.machine.load_accumulator(saved.acc)
-        self._live = live
+            rows = list(repos.open_rounds(db))
+            latest = repos.latest_model(db)
+        stale = [(r.id, SUPERSEDED) for r in rows[:-1]]
+        newest = rows[-1] if rows else None
+        if newest is not None and latest is not None and newest.model_version != latest.version:
+            why = f"server restarted: model version {newest.model_version} is not the latest"
+            stale.append((newest.id, f"{why} ({latest.version})"))
+            newest = None
+        if newest is not None:
+            try:
+                with self._factory() as db:
+                    live = load_round(db, newest, self._models, self.settings, 0.0)
+            except (ProtocolError, LookupError) as exc:
+                stale.append((newest.id, f"server restarted: its event log does not replay: {exc}"))
+            else:
+                live.deadline = now + self._timeout_of(live)
+                self._live = live
+        self._abort_open(stale, now)
 
-    def _replay(self, live: LiveRound, events: list[repos.EventRecord]) -> None:
-        out: dict[int, m.ServerMessage] = {}
-        for ev in events:
-            if ev.kind == "message" and ev.payload is not None:
-                live.machine.handle(m.decode_client(ev.payload))
-            elif ev.kind == "masked" and ev.sender in live.machine.pending():
-                missing = msgspec.msgpack.decode(ev.payload or b"\x90", type=tuple[int, ...])
-                live.machine.resume_masked_input(ev.sender, missing)  # (duplicates are skipped)
-            elif ev.kind == "reject" and ev.sender is not None:
-                live.machine.drop(ev.sender)
-            elif ev.kind == "advance":
-                out = live.machine.advance()
-                live.step += 1
-            live.seq = ev.seq + 1
-        live.outbox = {i: m.encode(msg) for i, msg in out.items()}
+    def _abort_open(self, rounds: list[tuple[int, str]], now: float) -> None:
+        """Close open rounds as aborted, each with its reason."""
+        if not rounds:
+            return
+
+        def write(db: Session) -> list[tuple[int, str]]:
+            return [(i, why) for i, why in rounds if abort_row(db, i, now, why[:200])]
+
+        for round_id, why in self._commit("abort open rounds", write):
+            events.round_closed(
+                round_id, State.ABORTED.value, survivors=(), model_version=None, abort=why
+            )
+            self._audit("round_abort", {"round": round_id, "abort": why[:200]}, now)
+        self._last_close = now

@@ -16,10 +16,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from qflare.protocol.errors import ProtocolError
+from qflare.store.db import DatabaseUnavailable, describe_database_error
 
 PROBLEM = "application/problem+json"
 log = logging.getLogger("qflare.server")
@@ -86,10 +88,31 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("client left mid-request", extra={"path": request.url.path})
         return problem(400, "client disconnected", "the client left mid-request", "disconnected")
 
+    # ---- the database refused a read or write: 503 with Retry-After, never 500 -------------
+    @app.exception_handler(DatabaseUnavailable)
+    async def _database(_: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return _unavailable(exc.retry_after_s)
+
+    @app.exception_handler(OperationalError)
+    async def _operational(_: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error", extra={"reason": describe_database_error(exc)})
+        return _unavailable(1)
+
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", extra={"error": type(exc).__name__})
         return problem(500, "internal error", "the server failed; nothing was recorded", "internal")
+
+
+def _unavailable(retry_after_s: int) -> JSONResponse:
+    """503 ``database_unavailable``: nothing was recorded; the same request may be retried."""
+    return problem(
+        503,
+        "database unavailable",
+        "the server cannot write its database right now; nothing was recorded, retry later",
+        "database_unavailable",
+        {"Retry-After": str(retry_after_s)},
+    )
 
 
 # ---- OpenAPI ------------------------------------------------------------------------------------

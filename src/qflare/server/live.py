@@ -25,6 +25,9 @@ class LiveRound:
         outbox: Client index -> encoded server message for the current step.
         seq: Next event-log sequence number.
         index_of: Device id -> client index.
+        step_timeout_s: The step timeout announced in tasks (nodes cap their backoff by it).
+        masked: Clients whose masked input is in the running sum (a re-sent copy is ignored).
+        abort: Why the machine aborted, when it did and the round is not closed yet.
     """
 
     round_id: int
@@ -38,6 +41,9 @@ class LiveRound:
     outbox: dict[int, bytes] = field(default_factory=dict)
     seq: int = 0
     index_of: dict[str, int] = field(default_factory=dict)
+    step_timeout_s: float = 0.0
+    masked: set[int] = field(default_factory=set)
+    abort: str | None = None
 
     def __post_init__(self) -> None:
         self.index_of = {d: i for i, d in self.devices.items()}
@@ -49,14 +55,20 @@ class LiveRound:
             or index not in self.machine.pending()
         ):
             return None
+        timeout = self.step_timeout_s
         if self.step == 0:
-            return Task(round_id=self.round_id, step=0, start=self.start[index])
+            return Task(
+                round_id=self.round_id, step=0, start=self.start[index], step_timeout_s=timeout
+            )
         message = self.outbox.get(index)
-        return (
-            None
-            if message is None
-            else Task(round_id=self.round_id, step=self.step, message=message)
-        )
+        if message is None:
+            return None
+        return Task(round_id=self.round_id, step=self.step, message=message, step_timeout_s=timeout)
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the machine has completed or failed (the round still needs closing)."""
+        return self.abort is not None or self.machine.state in (State.COMPLETED, State.ABORTED)
 
     def next_seq(self) -> int:
         """Reserve the next event-log sequence number."""

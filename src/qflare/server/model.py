@@ -27,6 +27,7 @@ class ModelStore:
         self, factory: sessionmaker[Session], dataset: str, model: str | None, seed: int = 0
     ) -> None:
         self._factory = factory
+        self.dataset = dataset
         if dataset not in _SHAPES:
             raise ValueError(f"unknown dataset {dataset!r}")
         self.input_shape, self.num_classes = _SHAPES[dataset]

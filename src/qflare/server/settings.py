@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+TRAIN_STEPS = 3  # the training step's default deadline, in step timeouts
+
 
 class ServerSettings(BaseSettings):
     """Everything the server reads at start-up; built once in the CLI and passed down.
@@ -46,6 +48,11 @@ class ServerSettings(BaseSettings):
         seed_restarts: Restarts of a sparse graph's seed exchange before a round aborts.
         culprit_quarantine_rounds: Rounds a device named as a culprit is left out of.
         step_timeout_s: Deadline per protocol step; silent devices become dropouts.
+        train_timeout_s: Deadline of the step in which nodes train (a round's first step;
+            the first round also loads data and warms up: on a loaded 2-core machine the demo's
+            MNIST shards need well over 30 s there). Default: three step timeouts (90 s).
+        evaluate: Log each new global model's accuracy on the dataset's held-out test split
+            (round event log; needs the ``fl`` extra; not for ``vector:D`` models).
         round_interval_s: Pause between rounds.
         max_rounds: Stop opening rounds after this many (0: no limit).
         clip: Quantisation clipping range.
@@ -120,6 +127,8 @@ class ServerSettings(BaseSettings):
     seed_restarts: int = Field(default=2, ge=0, le=16)
     culprit_quarantine_rounds: int = Field(default=5, ge=0)
     step_timeout_s: float = Field(default=30.0, gt=0)
+    train_timeout_s: float | None = Field(default=None, gt=0)
+    evaluate: bool = False
     round_interval_s: float = Field(default=1.0, ge=0)
     max_rounds: int = Field(default=0, ge=0)
     clip: float = 1.0
@@ -155,6 +164,11 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @property
+    def training_timeout_s(self) -> float:
+        """The deadline of the training step (``train_timeout_s`` or its default)."""
+        return self.train_timeout_s or TRAIN_STEPS * self.step_timeout_s
 
     @model_validator(mode="after")
     def _check_witnesses(self) -> ServerSettings:

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,15 +31,17 @@ from qflare.crypto.x509 import (
     make_ca,
 )
 from qflare.logs import UVICORN_LOGGERS, configure_logging, uvicorn_log_options
-from qflare.server.app import create_app
+from qflare.server.app import create_app, drain
 from qflare.server.authority_client import load_authority_key
 from qflare.server.connections import guarded_h11
 from qflare.server.limits import Inflight
 from qflare.server.settings import ServerSettings
+from qflare.store.db import database_problem
 
 MIN_SECURE_CLIENTS = 3  # with two clients, each learns the other's update from the sum
 EXPIRY_WARNING = dt.timedelta(days=30)
 TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2 suites; TLS 1.3 ones are all AEAD
+GRACEFUL_SHUTDOWN_S = 5  # open requests get this long to finish after SIGTERM
 CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "server.pem", "server.key"
 
 
@@ -245,11 +248,24 @@ def uvicorn_config(
         proxy_headers=False,  # per-IP limits must see the real peer, not a claimed one
         server_header=False,
         **uvicorn_log_options(log_level),  # JSON lines via qflare.logs; access log at debug only
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,  # a stalled client cannot hold a restart
     )
     config.load()
     if config.ssl is not None:
         config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
     return config
+
+
+class _DrainingServer(uvicorn.Server):
+    """Uvicorn that stops the coordinator's clock as soon as SIGTERM/SIGINT arrives."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain(self._app)
+        super().handle_exit(sig, frame)
 
 
 def listen(settings: ServerSettings) -> socket.socket:
@@ -282,10 +298,14 @@ def serve(settings: ServerSettings, log_level: str = "info") -> None:
     opens the database.
 
     Raises:
-        StartupRefused: the port cannot be bound.
+        StartupRefused: the port cannot be bound, or the database cannot be opened, migrated or
+            written (one line, no password, no traceback).
     """
     configure_logging(log_level, ("qflare", *UVICORN_LOGGERS))
     sock = listen(settings)
     with sock:
+        problem = database_problem(settings.database_url)
+        if problem is not None:
+            raise StartupRefused([problem])
         app = create_app(settings)
-        uvicorn.Server(uvicorn_config(app, settings, log_level)).run(sockets=[sock])
+        _DrainingServer(uvicorn_config(app, settings, log_level), app).run(sockets=[sock])
