@@ -58,3 +58,17 @@ def test_commands_without_a_key_say_how_to_make_one(tmp_path: Path):
         app, ["authority", "token", "create", "--dir", str(tmp_path), "--expires", "31d"]
     )
     assert bad.exit_code != 0
+
+
+def test_token_create_count_prints_distinct_single_use_tokens(tmp_path: Path):
+    d = ["--dir", str(tmp_path / "auth")]
+    assert runner.invoke(app, ["authority", "init", *d]).exit_code == 0
+    made = runner.invoke(app, ["authority", "token", "create", *d, "--count", "3"])
+    assert made.exit_code == 0, made.output
+    tokens = made.stdout.split()
+    ids = {decode_claims(parse_token(t).claims).token_id for t in tokens}
+    assert len(tokens) == 3 and len(ids) == 3
+    listing = runner.invoke(app, ["authority", "token", "list", *d]).output
+    assert all(any(i in ln and "live" in ln for ln in listing.splitlines()) for i in ids)
+    zero = runner.invoke(app, ["authority", "token", "create", *d, "--count", "0"])
+    assert zero.exit_code != 0

@@ -93,3 +93,28 @@ def test_the_event_log_reports_test_accuracy_when_the_server_evaluates(tmp_path,
     (done,) = [r for r in caplog.records if r.getMessage() == "round completed"]
     assert 0.0 <= done.accuracy <= 1.0  # type: ignore[attr-defined]
     assert fed.check() == [1]
+
+
+def test_a_device_excluded_for_silence_is_not_sampled_again_until_it_polls(tmp_path):
+    """A node killed mid-round would cost the next round a full timeout if it were sampled."""
+    fed = Federation(tmp_path, settings={"max_rounds": 3, "min_clients": 3})
+    gone, alive = fed.nodes[3], fed.nodes[:3]
+    fed.coord.tick()
+    fed.step()  # everyone trains; then node 3 dies (it polled 0 s ago: still "live")
+    fed.coord.tick()
+    fed.step(alive)
+    fed.clock.now += 10.5  # its next step times out and it is excluded
+    for _ in range(100):
+        fed.see(alive)
+        fed.coord.tick()
+        fed.step(alive)
+        if fed.closed():
+            break
+        fed.clock.now += 0.3
+    fed.coord.tick()
+    assert [r.state for r in fed.rows()] == ["COMPLETED", "R0_ADVERTISE_KEYS"]
+    assert fed.coord.live is not None  # round 2 opened at once...
+    assert gone.device_id not in fed.coord.live.devices.values()  # ...without the dead node
+    fed.run(until=2)  # node 3 is back and polls: the next round samples it again
+    fed.coord.tick()
+    assert fed.coord.live is not None and gone.device_id in fed.coord.live.devices.values()

@@ -47,8 +47,7 @@ def test_sigterm_in_r2_and_sigkill_in_r3_cost_no_round_and_no_node(tmp_path: Pat
     fed.prepare()
     with fed:
         fed.start_server()
-        for i in range(3):
-            fed.enroll(i)
+        fed.enroll_all(range(3))
         for i in range(3):
             fed.start_node(
                 i, "--trainer", f"constant:{20 + i}", "--max-rounds", "2", "--poll-wait", "1"

@@ -67,8 +67,7 @@ def test_six_nodes_three_rounds_over_tls_one_node_killed(tmp_path: Path) -> None
     fed.prepare()
     with fed:
         fed.start_server()
-        for i in range(6):
-            fed.enroll(i)
+        fed.enroll_all(range(6))
         for i in range(6):
             fed.start_node(i, "--trainer", f"constant:{i}", "--max-rounds", "3", "--poll-wait", "2")
         # SIGKILL node 5 in the middle of round 2, right after it advertised its keys
@@ -146,8 +145,7 @@ def _run_one_round(workdir: Path, pause_after_step: int | None) -> tuple[str, in
     masked_before_crash = -1
     with fed:
         fed.start_server()
-        for i in range(4):
-            fed.enroll(i)
+        fed.enroll_all(range(4))
         for i in range(4):
             args = ("--trainer", f"constant:{10 + i}", "--max-rounds", "1", "--poll-wait", "1")
             fed.start_node(i, *args, "--seed", str(i))
@@ -163,12 +161,18 @@ def _run_one_round(workdir: Path, pause_after_step: int | None) -> tuple[str, in
     return str(row["result_sha256"]), masked_before_crash
 
 
+@pytest.fixture(scope="module")
+def clean_result(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The result of the same round without a crash (run once for every crash point)."""
+    clean, _ = _run_one_round(tmp_path_factory.mktemp("clean"), None)
+    return clean
+
+
 @pytest.mark.parametrize("pause_after_step", [0, 1, 3])
 def test_server_sigkilled_mid_round_resumes_to_the_same_result(
-    tmp_path: Path, pause_after_step: int
+    tmp_path: Path, pause_after_step: int, clean_result: str
 ) -> None:
     crashed, masked = _run_one_round(tmp_path / "crash", pause_after_step)
-    clean, _ = _run_one_round(tmp_path / "clean", None)
-    assert crashed == clean
+    assert crashed == clean_result
     if pause_after_step == 1:
         assert masked == 3  # the crash hit R2 with three masked inputs accepted and persisted

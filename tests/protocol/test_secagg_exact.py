@@ -22,7 +22,7 @@ def _alive_through(dropouts: dict[int, State], stage: State) -> int:
     return sum(_sent(dropouts, u, stage) for u in range(N))
 
 
-@settings(max_examples=700)
+@settings(max_examples=250)
 @given(dropouts=DROP, t=st.integers(5, 8), seed=st.integers(0, 2**31))
 def test_complete_graph_exact_sum_or_clean_abort(dropouts, t, seed):
     """Every threshold the clients' policy accepts for n=8 (2t > 8)."""
@@ -42,7 +42,7 @@ def test_complete_graph_exact_sum_or_clean_abort(dropouts, t, seed):
     assert not res.client_errors
 
 
-@settings(max_examples=400)
+@settings(max_examples=150)
 @given(
     dropouts=st.dictionaries(st.integers(0, 11), st.sampled_from(ROUNDS), max_size=4),
     seed=st.integers(0, 2**31),

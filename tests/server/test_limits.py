@@ -54,7 +54,7 @@ def test_authenticated_traffic_is_metered_per_device_not_per_ip(start_server):
 
 
 def test_per_device_rate_is_its_own(start_server):
-    server = start_server(rate_per_ip=1000.0, rate_per_device=2.0)
+    server = start_server(clock=FakeClock(), rate_per_ip=1000.0, rate_per_device=2.0)
     dev = server.enrolled()
     session = dev.open_session()
     assert [dev.poll(session).status_code for _ in range(4)] == [204, 204, 429, 429]

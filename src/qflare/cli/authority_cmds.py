@@ -143,21 +143,32 @@ def token_create(
     directory: DirOpt = None,
     expires: Annotated[str, typer.Option(help="Lifetime: 30m, 1h, 2d (at most 30d).")] = "1h",
     label: Annotated[str, typer.Option(help="Free-form note (who the token is for).")] = "",
+    count: Annotated[
+        int, typer.Option(min=1, max=10_000, help="How many tokens (one per line).")
+    ] = 1,
 ) -> None:
-    """Create a single-use enrollment token and print it (shown only now; never stored)."""
+    """Create single-use enrollment tokens and print them (shown only now; never stored).
+
+    With --count N, N tokens are printed one per line (a fleet enrolled in one go); each is
+    single-use and carries the same label and lifetime.
+    """
     try:
         ttl = parse_duration(expires)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--expires") from exc
+    made = []
     with _service(_settings(directory)) as service:
         try:
-            record, text = service.create_token(ttl, label)
+            made = [service.create_token(ttl, label) for _ in range(count)]
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    _console(stderr=True).print(
-        f"token [bold]{record.token_id}[/] expires {_when(record.expires_at)}; it is shown only once:"
-    )
-    typer.echo(text)
+    err = _console(stderr=True)
+    for record, text in made:
+        err.print(
+            f"token [bold]{record.token_id}[/] expires {_when(record.expires_at)}; "
+            "it is shown only once:"
+        )
+        typer.echo(text)
 
 
 @token_app.command("list")

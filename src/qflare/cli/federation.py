@@ -18,6 +18,8 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,9 +153,9 @@ class LocalFederation:
                 time.sleep(0.3)
         raise RuntimeError("server did not become ready")
 
-    def enroll(self, index: int, scheme: str = "mldsa65") -> Path:
-        """Create a token (authority CLI) and enroll node ``index`` with it (node CLI)."""
-        token = self._run(
+    def tokens(self, count: int, label: str = "node") -> list[str]:
+        """``count`` single-use enrollment tokens, made by one ``qflare authority token`` call."""
+        out = self._run(
             "authority",
             "token",
             "create",
@@ -162,8 +164,15 @@ class LocalFederation:
             "--expires",
             "1h",
             "--label",
-            f"node{index}",
-        ).strip()
+            label,
+            "--count",
+            str(count),
+        )
+        return out.split()
+
+    def enroll(self, index: int, scheme: str = "mldsa65", token: str | None = None) -> Path:
+        """Enroll node ``index`` (node CLI) with ``token``, or a fresh one from the authority."""
+        token = token or self.tokens(1, f"node{index}")[0]
         state = self.workdir / f"node{index}"
         self._run(
             "node",
@@ -180,6 +189,16 @@ class LocalFederation:
             scheme,
         )
         return state
+
+    def enroll_all(self, indices: Sequence[int], scheme: str = "mldsa65") -> list[Path]:
+        """Enroll several nodes: one token call, then the ``qflare node enroll`` runs side by side."""
+        tokens = self.tokens(len(indices))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(
+                pool.map(
+                    lambda it: self.enroll(it[0], scheme, it[1]), zip(indices, tokens, strict=True)
+                )
+            )
 
     def start_node(self, index: int, *args: str) -> None:
         """Start ``qflare node run`` for an enrolled node."""

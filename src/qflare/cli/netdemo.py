@@ -80,8 +80,7 @@ def _start(console: Console, fed: LocalFederation, plan: DemoPlan) -> None:
         "the authority issues single-use tokens; nodes enroll through the server (post-quantum "
         "keys made on each node, certified by the authority)"
     ):
-        for i in range(plan.nodes):
-            fed.enroll(i, plan.scheme)
+        fed.enroll_all(range(plan.nodes), plan.scheme)
     console.print(f"{plan.nodes} nodes enrolled; each holds a Dirichlet(0.5) shard of MNIST")
     for i in range(plan.nodes):
         args = (

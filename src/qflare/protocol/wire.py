@@ -321,7 +321,7 @@ class Task(
     start: RoundStart | None = None
     message: bytes | None = None
     chronos: ChronosTask | None = None
-    step_timeout_s: float = 0.0
+    step_timeout_s: Finite = 0.0
 
 
 class Notice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="notice"):

@@ -217,6 +217,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
             return
         self._commit("advance", lambda db: self._log(db, live, "advance", None, None))
         events.excluded_since(live.round_id, excluded_before, machine.excluded, live.devices)
+        self.forget(live.devices[i] for i in set(machine.excluded) - set(excluded_before))
         events.step_closed(live.round_id, live.step, before, machine.state.value, len(out))
         live.step += 1
         live.outbox = {i: m.encode(msg) for i, msg in out.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -108,6 +108,16 @@ class CoordinatorBase(Generic[L]):
         """Record that a device polled (only recently seen devices are sampled)."""
         with self._lock:
             self._seen[device_id] = now
+
+    def forget(self, device_ids: Iterable[str]) -> None:
+        """Stop sampling devices excluded from a round until they poll again.
+
+        A device that missed a deadline may be gone for good (killed, offline); sampling it for
+        the next round would cost that round a full step timeout. A live one polls again at once.
+        """
+        with self._lock:
+            for device_id in device_ids:
+                self._seen.pop(device_id, None)
 
     def decode(self, total: RingVector) -> tuple[npt.NDArray[np.float64], int] | str:
         """The dequantised sum and weight, or why it is refused (a total that may have wrapped)."""
