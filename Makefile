@@ -35,10 +35,14 @@ test: lint typecheck contracts pytest
 # The benchmark points of docs/benchmarks.md (JSON under docs/bench/).
 bench: $(STAMP)
 	mkdir -p docs/bench
-	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --k 31 --t 16 --repeat 5 --json --output docs/bench/server_n100_after_masked.json >/dev/null
-	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --k 31 --t 16 --repeat 5 --json --output docs/bench/server_n100_before_masked.json >/dev/null
-	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 6 --repeat 5 --json --output docs/bench/client_n20_d1m.json >/dev/null
-	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --k 15 --t 8 --repeat 5 --json --output docs/bench/round_n100_k15.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --k 31 --t 16 --corrupt 0 --repeat 5 --json --output docs/bench/server_n100_after_masked.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --k 31 --t 19 --repeat 5 --json --output docs/bench/server_n100_after_masked_t19.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --k 31 --t 16 --corrupt 0 --repeat 5 --json --output docs/bench/server_n100_before_masked.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --k 31 --t 19 --repeat 5 --json --output docs/bench/server_n100_before_masked_t19.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 6 --corrupt 0 --repeat 5 --json --output docs/bench/client_n20_d1m.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 7 --repeat 5 --json --output docs/bench/client_n20_d1m_t7.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --k 15 --t 8 --corrupt 0 --repeat 5 --json --output docs/bench/round_n100_k15.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --k 15 --t 11 --repeat 5 --json --output docs/bench/round_n100_k15_t11.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 1000 --dim 100000 --dropout 0.1 --drop-stage R2 --json --output docs/bench/n1000.json >/dev/null
 
 # README's table of server settings, generated from ServerSettings (tests/cli checks it is current).

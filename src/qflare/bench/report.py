@@ -16,25 +16,49 @@ def secagg_rows(bench_dir: Path) -> list[str]:
     points = [
         (
             "server_n100_after_masked.json",
-            "Server, n=100, d=100k, 30 % drop after masked input, k=31, t=16",
+            "Server, n=100, d=100k, 30 % drop after masked input, k=31, t=16 (policy: 0 corrupt)",
+            "server_compute_s",
+            0.3,
+        ),
+        (
+            "server_n100_after_masked_t19.json",
+            "Server, same, t=19 (default policy: 5 % corrupt)",
             "server_compute_s",
             0.3,
         ),
         (
             "server_n100_before_masked.json",
-            "Server, same, 30 % drop before masked input (masks regenerated)",
+            "Server, same, 30 % drop before masked input (masks regenerated), t=16",
+            "server_compute_s",
+            0.3,
+        ),
+        (
+            "server_n100_before_masked_t19.json",
+            "Server, same, drop before masked input, t=19",
             "server_compute_s",
             0.3,
         ),
         (
             "client_n20_d1m.json",
-            "Client per round, n=20, d=1M, k=11",
+            "Client per round, n=20, d=1M, k=11, t=6",
+            "client_compute_mean_s",
+            0.04,
+        ),
+        (
+            "client_n20_d1m_t7.json",
+            "Client per round, n=20, d=1M, k=11, t=7",
             "client_compute_mean_s",
             0.04,
         ),
         (
             "round_n100_k15.json",
-            "Whole round in-process, n=100, d=100k, k=15 (all parties, signatures)",
+            "Whole round in-process, n=100, d=100k, k=15, t=8 (all parties, signatures)",
+            "round_wall_in_process_s",
+            2.0,
+        ),
+        (
+            "round_n100_k15_t11.json",
+            "Whole round in-process, same, t=11",
             "round_wall_in_process_s",
             2.0,
         ),
