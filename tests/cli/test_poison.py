@@ -36,7 +36,9 @@ def test_a_tiny_grid_writes_the_documented_json_and_plot(tmp_path: Path):
         ("backdoor", "median"),
         ("ipm", "median"),
     ]
-    for run in [doc["clean"], *doc["runs"]]:
+    (clean_median,) = doc["clean_defences"]  # --clean-defences is the default
+    assert (clean_median["attack"], clean_median["defence"]) == (None, "median")
+    for run in [doc["clean"], clean_median, *doc["runs"]]:
         assert len(run["accuracy"]) == 2  # round 0 and round 1
         assert run["final_accuracy"] == run["accuracy"][-1]
         assert len(run["rejected_malicious"]) == len(run["rejected_honest"]) == 1

@@ -92,6 +92,9 @@ def test_the_plan_expands_all_and_refuses_unknown_names():
     specs = plan_runs(["all"], ["median", "fedavg"])
     assert specs[0] == RunSpec(None, "fedavg")
     assert len(specs) == 1 + 7 * 2
+    with_clean = plan_runs(["alie"], ["median", "fedavg"], clean_defences=True)
+    assert with_clean[:2] == [RunSpec(None, "fedavg"), RunSpec(None, "median")]
+    assert len(with_clean) == 2 + 2
     with pytest.raises(ValueError, match="unknown attack 'x'"):
         plan_runs(["x"], ["median"])
     with pytest.raises(ValueError, match="unknown defence 'krumm'"):

@@ -96,11 +96,12 @@ def run_poison_cli(
     data: Dataset,
     *,
     jobs: int,
+    clean_defences: bool,
     output: Path | None,
     plot: Path | None,
 ) -> dict[str, Any]:
     """Run the poisoning grid with a progress bar, print the table, write JSON and PNG."""
-    specs = plan_runs(attacks, defences)
+    specs = plan_runs(attacks, defences, clean_defences=clean_defences)
     malicious = setup.malicious
     console.print(
         f"{setup.dataset}, {setup.num_clients} clients, {setup.partition}, {setup.rounds} rounds;"
@@ -119,7 +120,15 @@ def run_poison_cli(
             label = f"{outcome.attack or 'clean'}/{outcome.defence}"
             bar.update(task, advance=1, description=f"{label}: acc {outcome.final_accuracy:.3f}")
 
-        report = run_poison(setup, attacks, defences, jobs=jobs, data=data, progress=step)
+        report = run_poison(
+            setup,
+            attacks,
+            defences,
+            jobs=jobs,
+            clean_defences=clean_defences,
+            data=data,
+            progress=step,
+        )
     clean = report.clean.final_accuracy
     table = Table(
         title=f"poisoning: {setup.dataset}, {len(malicious)}/{setup.num_clients} malicious, "
@@ -127,7 +136,7 @@ def run_poison_cli(
     )
     for col in ("attack", "defence"):
         table.add_column(col)
-    for col in ("final acc", "Δ vs clean", "backdoor ASR", "rejected mal/honest"):
+    for col in ("final acc", "Δ vs clean", "backdoor ASR", "rejected mal/hon"):
         table.add_column(col, justify="right")
     table.add_row(
         "clean",
@@ -137,7 +146,7 @@ def run_poison_cli(
         _cell(report.clean.backdoor_asr, ".3f"),
         "-",
     )
-    for run in report.runs:
+    for run in (*report.clean_defences, *report.runs):
         table.add_row(
             run.attack or "clean",
             run.defence,

@@ -229,6 +229,9 @@ def attack_poison(
     jobs: Annotated[
         int, typer.Option(min=1, max=256, help="Runs in parallel processes (same results).")
     ] = 1,
+    clean_defences: Annotated[
+        bool, typer.Option(help="Also run every defence without attack (its own cost).")
+    ] = True,
     output: Annotated[Path | None, typer.Option(help="Write the JSON results here.")] = None,
     plot: Annotated[
         Path | None, typer.Option(help="Write a PNG of accuracy per round per defence here.")
@@ -252,7 +255,15 @@ def attack_poison(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     run_poison_cli(
-        Console(), setup, list(attack), defence, data, jobs=jobs, output=output, plot=plot
+        Console(),
+        setup,
+        list(attack),
+        defence,
+        data,
+        jobs=jobs,
+        clean_defences=clean_defences,
+        output=output,
+        plot=plot,
     )
 
 

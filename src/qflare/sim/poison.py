@@ -1,8 +1,9 @@
 """Poisoning experiments: attacks against robust aggregation in the simulator.
 
 One experiment fixes a federation (:class:`PoisonSetup`: dataset, clients, rounds, partition,
-seed and the fraction of malicious clients) and runs the clean baseline (no attack, FedAvg)
-followed by every (attack, defence) pair. Every run records the test accuracy per round, the
+seed and the fraction of malicious clients) and runs the clean baseline (no attack, FedAvg),
+optionally every other defence without attack (what the rule costs on its own), then every
+(attack, defence) pair. Every run records the test accuracy per round, the
 backdoor attack success rate where a backdoor is planted, and how many malicious and honest
 updates the defence rejected each round.
 
@@ -199,10 +200,19 @@ class RunOutcome:
 
 @dataclass(frozen=True)
 class PoisonReport:
-    """An experiment: the clean baseline and every (attack, defence) run, in plan order."""
+    """An experiment, in plan order.
+
+    Attributes:
+        setup: The federation.
+        clean: The clean baseline: no attack, FedAvg.
+        clean_defences: The other defences without attack (empty unless planned).
+        runs: Every (attack, defence) run.
+        seconds: Wall-clock time of the experiment.
+    """
 
     setup: PoisonSetup
     clean: RunOutcome
+    clean_defences: tuple[RunOutcome, ...]
     runs: tuple[RunOutcome, ...]
     seconds: float
 
@@ -216,13 +226,18 @@ class PoisonReport:
             "attacks": sorted({r.attack for r in self.runs if r.attack}, key=ATTACKS.index),
             "defences": list(dict.fromkeys(r.defence for r in self.runs)),
             "clean": self.clean.to_dict(),
+            "clean_defences": [r.to_dict(clean) for r in self.clean_defences],
             "runs": [r.to_dict(clean) for r in self.runs],
             "seconds": self.seconds,
         }
 
 
-def plan_runs(attacks: Sequence[str], defences: Sequence[str]) -> list[RunSpec]:
+def plan_runs(
+    attacks: Sequence[str], defences: Sequence[str], *, clean_defences: bool = False
+) -> list[RunSpec]:
     """The clean FedAvg baseline, then every attack against every defence.
+
+    With ``clean_defences`` the other defences also run without attack, after the baseline.
 
     ``"all"`` in ``attacks`` or ``defences`` stands for every name in
     :data:`~qflare.fl.poison.ATTACKS` or :data:`~qflare.fl.robust.DEFENCES`.
@@ -232,7 +247,10 @@ def plan_runs(attacks: Sequence[str], defences: Sequence[str]) -> list[RunSpec]:
     """
     attack_names = _expand(attacks, ATTACKS, "attack")
     defence_names = _expand(defences, DEFENCES, "defence")
-    return [RunSpec(None, "fedavg")] + [RunSpec(a, d) for a in attack_names for d in defence_names]
+    clean = [RunSpec(None, "fedavg")]
+    if clean_defences:
+        clean += [RunSpec(None, d) for d in defence_names if d != "fedavg"]
+    return clean + [RunSpec(a, d) for a in attack_names for d in defence_names]
 
 
 def _expand(names: Sequence[str], known: Sequence[str], kind: str) -> list[str]:
@@ -395,6 +413,7 @@ def run_poison(
     defences: Sequence[str],
     *,
     jobs: int = 1,
+    clean_defences: bool = False,
     data: Dataset | None = None,
     progress: Callable[[RunOutcome], None] | None = None,
 ) -> PoisonReport:
@@ -406,6 +425,7 @@ def run_poison(
         defences: Defence names (``"all"``: every one in ``DEFENCES``).
         jobs: Runs in parallel worker processes (1: all in this process); the results do not
             depend on it.
+        clean_defences: Also run every defence other than FedAvg without attack.
         data: The preloaded dataset for in-process runs.
         progress: Called with each finished run, in completion order.
 
@@ -414,7 +434,7 @@ def run_poison(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    specs = plan_runs(attacks, defences)
+    specs = plan_runs(attacks, defences, clean_defences=clean_defences)
     for spec in specs:
         make_defence(spec.defence)
     probe = any(s.attack == "backdoor" for s in specs)
@@ -437,7 +457,13 @@ def run_poison(
                 if progress is not None:
                     progress(outcome)
     done = [o for o in outcomes if o is not None]
-    return PoisonReport(setup, done[0], tuple(done[1:]), time.perf_counter() - start)
+    return PoisonReport(
+        setup,
+        done[0],
+        tuple(o for o in done[1:] if o.attack is None),
+        tuple(o for o in done[1:] if o.attack is not None),
+        time.perf_counter() - start,
+    )
 
 
 def plot_poison(path: str | Path, report: PoisonReport) -> Path:
