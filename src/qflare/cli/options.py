@@ -16,9 +16,12 @@ __all__ = [
     "ChronosMode",
     "DatasetName",
     "LogLevel",
+    "POISON_ATTACKS",
     "SchemeName",
     "SimProtocol",
     "StrategyName",
+    "check_attack",
+    "check_defence",
     "check_partition",
     "check_trainer_spec",
 ]
@@ -29,6 +32,16 @@ DatasetName = Literal["mnist", "digits"]
 SimProtocol = Literal["secagg+", "secagg", "plain"]
 StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
 ChronosMode = Literal["chronos", "chronos-dm"]
+POISON_ATTACKS: tuple[str, ...] = (
+    "sign-flip",
+    "scaling",
+    "gaussian",
+    "alie",
+    "ipm",
+    "label-flip",
+    "backdoor",
+)
+"""A cheap copy of :data:`qflare.fl.poison.ATTACKS` (a repeatable option cannot be a Literal)."""
 PROTOCOLS: tuple[str, ...] = get_args(SimProtocol)
 """Aggregation protocols ``qflare simulate`` accepts."""
 
@@ -45,6 +58,30 @@ def check_partition(value: str) -> str:
         parse_partition(value)
     except ValueError as exc:
         raise ValueError(f"{value!r} is not iid, dirichlet:ALPHA (ALPHA > 0) or shards:K") from exc
+    return value
+
+
+def check_attack(value: str) -> str:
+    """``all`` or a poisoning attack of :data:`POISON_ATTACKS`.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value != "all" and value not in POISON_ATTACKS:
+        raise ValueError(f"unknown attack {value!r}; choose from all, {', '.join(POISON_ATTACKS)}")
+    return value
+
+
+def check_defence(value: str) -> str:
+    """``all`` or a robust aggregation rule of :data:`qflare.fl.robust.DEFENCES` (read at run time).
+
+    Raises:
+        ValueError: anything else.
+    """
+    from qflare.fl.robust import DEFENCES
+
+    if value != "all" and value not in DEFENCES:
+        raise ValueError(f"unknown defence {value!r}; choose from all, {', '.join(DEFENCES)}")
     return value
 
 

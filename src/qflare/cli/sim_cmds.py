@@ -1,4 +1,4 @@
-"""``qflare demo``, ``qflare simulate``, ``qflare params`` and ``qflare attack dlg``.
+"""``qflare demo``, ``simulate``, ``params``, ``attack dlg`` and ``attack poison``.
 
 Every numeric option declares its range and every choice is a ``Literal``, so impossible input
 stops at parsing (exit 2, one line naming the option) before any work starts.
@@ -17,11 +17,15 @@ from qflare.cli.options import (
     DatasetName,
     SimProtocol,
     StrategyName,
+    check_attack,
+    check_defence,
     check_partition,
 )
 
 attack_app = typer.Typer(
-    help="Privacy attacks that show what the masks protect.", no_args_is_help=True
+    help="Privacy attacks that show what the masks protect, and poisoning attacks against "
+    "robust aggregation.",
+    no_args_is_help=True,
 )
 
 Seed = Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for split, model, sampling.")]
@@ -181,6 +185,86 @@ def attack_dlg(
     )
     if output is not None:
         output.write_text(json.dumps(result, indent=2))
+
+
+def _malicious_fraction(value: float) -> float:
+    if value >= 0.5:
+        raise typer.BadParameter(f"{value} is not in the range 0<=x<0.5.")
+    return value
+
+
+@attack_app.command("poison")
+def attack_poison(
+    attack: Annotated[
+        list[str],
+        typer.Option(
+            parser=check_attack,
+            help="Attack (repeatable): sign-flip, scaling, gaussian, alie, ipm, label-flip, "
+            "backdoor; all: every attack.",
+        ),
+    ] = ["alie"],  # noqa: B006 (Typer reads the default, never mutates it)
+    malicious: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            callback=_malicious_fraction,
+            help="Fraction of malicious clients, in [0, 0.5).",
+        ),
+    ] = 0.2,
+    defence: Annotated[
+        list[str],
+        typer.Option(
+            parser=check_defence,
+            help="Robust aggregation rule (repeatable); all: every rule in qflare.fl.robust.",
+        ),
+    ] = ["all"],  # noqa: B006
+    dataset: Annotated[
+        DatasetName, typer.Option(help="mnist (5,000 real digits) or digits (sklearn 8x8).")
+    ] = "mnist",
+    clients: Annotated[int, typer.Option(min=3, max=1000, help="Number of clients.")] = 20,
+    rounds: Annotated[int, typer.Option(min=1, max=1000, help="Federated rounds.")] = 20,
+    partition: Partition = "dirichlet:0.5",
+    seed: Seed = 0,
+    jobs: Annotated[
+        int, typer.Option(min=1, max=256, help="Runs in parallel processes (same results).")
+    ] = 1,
+    clean_defences: Annotated[
+        bool, typer.Option(help="Also run every defence without attack (its own cost).")
+    ] = True,
+    output: Annotated[Path | None, typer.Option(help="Write the JSON results here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG of accuracy per round per defence here.")
+    ] = None,
+) -> None:
+    """Poison a federation (model or data attacks) and measure what each defence keeps."""
+    from qflare.cli.attack import prepare_poison, run_poison_cli
+    from qflare.sim.poison import PoisonSetup
+
+    try:
+        setup = PoisonSetup(
+            dataset=dataset,
+            num_clients=clients,
+            rounds=rounds,
+            partition=partition,
+            seed=seed,
+            malicious_fraction=malicious,
+        )
+        with Console(stderr=True).status("loading the data"):
+            data = prepare_poison(setup, list(attack), defence)  # fails here, before training
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    run_poison_cli(
+        Console(),
+        setup,
+        list(attack),
+        defence,
+        data,
+        jobs=jobs,
+        clean_defences=clean_defences,
+        output=output,
+        plot=plot,
+    )
 
 
 def register(app: typer.Typer) -> None:

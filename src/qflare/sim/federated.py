@@ -14,7 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import numpy.typing as npt
+import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from qflare.fl import (
     Aggregator,
@@ -41,7 +44,20 @@ from qflare.fl import (
 from qflare.fl.local import client_loader, fit_config
 from qflare.sim.parallel import ParallelTrainer
 
-__all__ = ["FederatedConfig", "Progress", "RoundMetrics", "SimulationResult", "run_federated"]
+__all__ = [
+    "ClientDataTransform",
+    "FederatedConfig",
+    "Progress",
+    "RoundMetrics",
+    "SimulationResult",
+    "run_federated",
+]
+
+ClientDataTransform = Callable[
+    [int, npt.NDArray[np.float32], npt.NDArray[np.int64]],
+    tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
+]
+"""``(client, images, labels) -> (images, labels)``: rewrites one client's training data."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,9 @@ class FederatedConfig:
         threads: Torch intra-op threads during the run (1 is as fast for these small
             models and robust when other processes share the cores).
         processes: Worker processes for local training (1 trains in this process).
+        data_transform: Optional ``(client, images, labels) -> (images, labels)`` applied once
+            to each client's training data before the run (e.g. data poisoning of malicious
+            clients); must be picklable when ``processes > 1``. ``None`` trains on the data as is.
     """
 
     dataset: str = "digits"
@@ -88,6 +107,7 @@ class FederatedConfig:
     min_partition_size: int = 10
     threads: int = 1
     processes: int = 1
+    data_transform: ClientDataTransform | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -170,6 +190,8 @@ class SimulationResult:
         """JSON-ready view (the weights are summarised by their count)."""
         config = asdict(self.config)
         config["strategy_params"] = dict(self.config.strategy_params)
+        transform = self.config.data_transform
+        config["data_transform"] = None if transform is None else repr(transform)
         return {
             "config": config,
             "num_parameters": self.num_parameters,
@@ -203,10 +225,27 @@ def _build_federation(config: FederatedConfig, data: Dataset) -> _Federation:
     )
     loss_fn = nn.CrossEntropyLoss()
     clients = [
-        TorchClient(model, loss_fn, client_loader(data, idx, config.batch_size)) for idx in parts
+        TorchClient(model, loss_fn, _client_loader(config, data, cid, idx))
+        for cid, idx in enumerate(parts)
     ]
     shapes = [tuple(p.shape) for p in model.parameters()]
     return _Federation(data, model, tuple(clients), shapes, tuple(len(p) for p in parts))
+
+
+def _client_loader(
+    config: FederatedConfig, data: Dataset, cid: int, idx: npt.NDArray[np.int64]
+) -> DataLoader[tuple[torch.Tensor, ...]]:
+    """Client ``cid``'s loader, its data rewritten by ``config.data_transform`` if one is set."""
+    transform = config.data_transform
+    if transform is None:
+        return client_loader(data, idx, config.batch_size)
+    index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    x, y = transform(cid, data.x_train[index].numpy(), data.y_train[index].numpy())
+    subset = TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+    )
+    return DataLoader(subset, batch_size=config.batch_size, shuffle=True)
 
 
 def _fit_config(config: FederatedConfig, round_id: int, client: int) -> Config:
