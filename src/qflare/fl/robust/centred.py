@@ -20,10 +20,9 @@ from qflare.fl.robust._base import (
     Float64Vector,
     Matrix,
     RobustResult,
-    block,
-    blocks,
     coordinate_median,
     count_param,
+    f64_blocks,
     nothing_accepted,
     prepare,
     weighted_sum,
@@ -32,10 +31,8 @@ from qflare.fl.robust._base import (
 
 def distances(updates: Matrix, rows: npt.NDArray[np.intp], v: Float64Vector) -> Float64Vector:
     """``||x_i - v||`` for ``rows``, in float64 over column blocks (no cancellation)."""
-    index = None if len(rows) == updates.shape[0] else rows
     sq = np.zeros(len(rows), dtype=np.float64)
-    for cols in blocks(updates.shape[1]):
-        b = block(updates, index, cols).astype(np.float64)
+    for cols, b in f64_blocks(updates, rows):
         b -= v[cols]
         sq += np.einsum("ij,ij->i", b, b)
     return np.sqrt(sq)

@@ -16,10 +16,9 @@ from qflare.fl.robust._base import (
     Float64Vector,
     Matrix,
     RobustResult,
-    block,
-    blocks,
     coordinate_median,
     count_param,
+    f32_columns,
     nothing_accepted,
     prepare,
 )
@@ -91,10 +90,8 @@ def trimmed_mean(updates: Matrix, rows: npt.NDArray[np.intp], k: int) -> Float64
     catastrophically next to a huge outlier).
     """
     m = len(rows)
-    index = None if m == updates.shape[0] else rows
     out = np.empty(updates.shape[1], dtype=np.float64)
-    for cols in blocks(updates.shape[1]):
-        b = np.ascontiguousarray(block(updates, index, cols).T)
+    for cols, b in f32_columns(updates, rows):
         if k:
             b.partition(k, axis=1)
             rest = b[:, k:]

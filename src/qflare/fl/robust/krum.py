@@ -23,9 +23,8 @@ from qflare.fl.robust._base import (
     Matrix,
     RobustResult,
     Round,
-    block,
-    blocks,
     count_param,
+    f64_blocks,
     nothing_accepted,
     prepare,
     weighted_sum,
@@ -39,10 +38,8 @@ def default_f(m: int) -> int:
 
 def gram(updates: Matrix, rows: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
     """``X_rows X_rows^T`` in float64, accumulated over column blocks."""
-    index = None if len(rows) == updates.shape[0] else rows
     g = np.zeros((len(rows), len(rows)), dtype=np.float64)
-    for cols in blocks(updates.shape[1]):
-        b = block(updates, index, cols).astype(np.float64)
+    for _, b in f64_blocks(updates, rows):
         g += b @ b.T
     return g
 
