@@ -30,6 +30,7 @@ def test_bench_robust_writes_one_entry_per_defence(tmp_path: Path) -> None:
     assert data["defences"]["cosine"]["outliers_accepted"] == 0
     assert "median_s" in data["cosine_without_reference"]
     assert isinstance(data["targets_met"], bool) and data["peak_rss_mb"] > 0
+    assert all(c["peak_alloc_mb"] >= 0 for c in data["defences"].values())
     assert len(data["load_average"]["before"]) == 3 and "system" in data["machine"]
 
 
