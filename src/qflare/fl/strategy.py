@@ -25,12 +25,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from qflare.fl.models import FlatVector
+if TYPE_CHECKING:  # models imports torch; robust aggregation (numpy only) imports this module
+    from qflare.fl.models import FlatVector
 
 __all__ = [
     "STRATEGY_NAMES",
