@@ -36,9 +36,9 @@ test: lint typecheck contracts pytest
 bench: $(STAMP)
 	mkdir -p docs/bench
 	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --k 31 --t 16 --corrupt 0 --repeat 5 --json --output docs/bench/server_n100_after_masked.json >/dev/null
-	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --k 31 --t 19 --repeat 5 --json --output docs/bench/server_n100_after_masked_t19.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R3 --repeat 5 --json --output docs/bench/server_n100_after_masked_finder.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --k 31 --t 16 --corrupt 0 --repeat 5 --json --output docs/bench/server_n100_before_masked.json >/dev/null
-	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --k 31 --t 19 --repeat 5 --json --output docs/bench/server_n100_before_masked_t19.json >/dev/null
+	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --dropout 0.3 --drop-stage R2 --repeat 5 --json --output docs/bench/server_n100_before_masked_finder.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 6 --corrupt 0 --repeat 5 --json --output docs/bench/client_n20_d1m.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 20 --dim 1000000 --k 11 --t 7 --repeat 5 --json --output docs/bench/client_n20_d1m_t7.json >/dev/null
 	$(BIN)/qflare bench secagg --clients 100 --dim 100000 --k 15 --t 8 --corrupt 0 --repeat 5 --json --output docs/bench/round_n100_k15.json >/dev/null

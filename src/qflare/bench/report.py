@@ -21,8 +21,8 @@ def secagg_rows(bench_dir: Path) -> list[str]:
             0.3,
         ),
         (
-            "server_n100_after_masked_t19.json",
-            "Server, same, t=19 (default policy: 5 % corrupt)",
+            "server_n100_after_masked_finder.json",
+            "Server, same drop, finder's k=69, t=38 (default client policy: 5 % corrupt)",
             "server_compute_s",
             0.3,
         ),
@@ -33,8 +33,8 @@ def secagg_rows(bench_dir: Path) -> list[str]:
             0.3,
         ),
         (
-            "server_n100_before_masked_t19.json",
-            "Server, same, drop before masked input, t=19",
+            "server_n100_before_masked_finder.json",
+            "Server, drop before masked input, finder's k=69, t=38 (default policy)",
             "server_compute_s",
             0.3,
         ),

@@ -242,7 +242,11 @@ def concurrent_round(nodes: int = 500, dim: int = 10_000, timeout_s: float = 600
             "QFLARE_MAX_CLIENTS": str(nodes),
             "QFLARE_MAX_ROUNDS": "1",
             "QFLARE_STEP_TIMEOUT_S": "300",
+            # Every node shares 127.0.0.1 here: the per-address limits for anonymous traffic
+            # (enrollment and handshakes) would meter the whole fleet as one abusive client.
             "QFLARE_RATE_PER_IP": "100000",
+            "QFLARE_MAX_UNAUTHENTICATED_PER_IP": str(nodes + 10),
+            "QFLARE_MAX_UNAUTHENTICATED": str(2 * nodes + 10),
             "QFLARE_MAX_LONG_POLLS": str(nodes + 10),
             "QFLARE_LONG_POLL_MAX_S": "10",
             "QFLARE_AUTHORITY_URL": f"http://127.0.0.1:{authority_port}",
