@@ -44,3 +44,21 @@ def test_storage_bench_is_flat_in_d_and_judged() -> None:
     assert all(p["exact_sum"] for p in report["points"]) and report["target"]["met"]
     # the round's masks are held in enclave RAM, never in trusted storage
     assert [p["enclave_ram_precomputed_bytes"] for p in report["points"]] == [4 * 501, 4 * 20_001]
+
+
+def test_robust_rows_judge_only_rules_with_a_target(tmp_path: Path) -> None:
+    from qflare.bench.report import robust_rows
+
+    rule = {"median_s": 0.5, "target_s": 1.0, "met": True}
+    data = {
+        "config": {"clients": 100, "dim": 1_000_000},
+        "defences": {
+            "cosine": rule,
+            "krum": rule | {"median_s": 12.0, "target_s": 10.0, "met": False},
+            "norm-clip": rule | {"target_s": None, "met": None},
+        },
+    }
+    (tmp_path / "robust_n100_d1m.json").write_text(json.dumps(data))
+    cosine, krum = robust_rows(tmp_path)
+    assert "`cosine`" in cosine and cosine.endswith("| met |") and "0.500 s" in cosine
+    assert "`krum`" in krum and krum.endswith("| NOT met |")

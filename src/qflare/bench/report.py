@@ -183,6 +183,22 @@ def abuse_rows(bench_dir: Path) -> list[str]:
     ]
 
 
+def robust_rows(bench_dir: Path) -> list[str]:
+    """Rows for the robust aggregation rules with a target (``qflare bench robust``)."""
+    data = _load(bench_dir / "robust_n100_d1m.json")
+    if data is None:
+        return []
+    cfg, rows = data["config"], []
+    for name, rule in data["defences"].items():
+        if rule["target_s"] is None:
+            continue
+        ok = "met" if rule["met"] else "NOT met"
+        rows.append(
+            f"| Robust aggregation `{name}`, n={cfg['clients']}, d={cfg['dim']:,} float32 (outside the enclave) | {rule['median_s']:.3f} s | ≤ {rule['target_s']:g} s | {ok} |"
+        )
+    return rows
+
+
 def render(bench_dir: Path) -> str:
     """The generated section of docs/benchmarks.md."""
     lines = [
@@ -227,4 +243,5 @@ def render(bench_dir: Path) -> str:
     lines += chronos_rows(bench_dir) + chronos_net_rows(bench_dir) + server_rows(bench_dir)
     lines += startup_rows(bench_dir)
     lines += abuse_rows(bench_dir)
+    lines += robust_rows(bench_dir)
     return "\n".join(lines)
