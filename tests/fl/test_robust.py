@@ -487,7 +487,7 @@ def _updates(rows: Rows, ids: list[int] | None = None) -> dict[int, tuple[np.nda
 
 
 def test_aggregator_records_rejected_ids_per_round_and_uses_the_previous_mean() -> None:
-    agg = RobustAggregator(make_defence("cosine"))
+    agg = RobustAggregator(make_defence("cosine"), previous_as_reference=True)
     first = agg.aggregate(1, _updates([[1.0, 1.0], [1.0, 3.0], [-1.0, -1.0]], [4, 9, 2]))
     assert agg.rejected[1] == [2]  # round 1: the median (1, 1) is the reference
     assert first.num_clients == 2 and first.total_weight == 2.0
@@ -528,10 +528,24 @@ def test_a_round_with_everything_refused_leaves_the_model_unchanged(strategy) ->
 
 
 def test_an_empty_round_does_not_replace_the_previous_reference() -> None:
-    agg = RobustAggregator(make_defence("cosine"))
+    agg = RobustAggregator(make_defence("cosine"), previous_as_reference=True)
     agg.aggregate(1, _updates([[1.0, 0.0], [1.0, 0.2], [0.8, 0.0]]))
     assert agg.aggregate(2, _updates([[-1.0, 0.0]])).empty
     assert agg.rejected[3 - 1] == [0]
     # round 3 still judges against round 1's mean, not a zero vector
     agg.aggregate(3, _updates([[1.0, 0.1], [-1.0, 0.0]]))
     assert agg.rejected[3] == [1]
+
+
+def test_by_default_cosine_judges_each_round_by_its_own_median_and_never_locks_up() -> None:
+    """Honest updates that turn away from last round's mean: a stale reference refuses them all,
+    round after round (the model freezes); the round's own median follows them."""
+    turned = _updates([[-1.0, 0.1], [-1.0, 0.3], [-0.8, 0.2], [-0.5, -5.0]])
+    stale = RobustAggregator(make_defence("cosine"), previous_as_reference=True)
+    stale.aggregate(1, _updates([[1.0, 0.0], [1.0, 0.2], [0.8, 0.0]]))
+    assert all(stale.aggregate(r, turned).empty for r in (2, 3, 4))
+    agg = RobustAggregator(make_defence("cosine"))
+    agg.aggregate(1, _updates([[1.0, 0.0], [1.0, 0.2], [0.8, 0.0]]))
+    result = agg.aggregate(2, turned)
+    assert agg.rejected[2] == [3] and result.num_clients == 3
+    assert result.mean().tolist() == pytest.approx([-14 / 15, 0.2])

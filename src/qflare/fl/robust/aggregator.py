@@ -15,8 +15,16 @@ class RobustAggregator:
     """The simulator's :class:`~qflare.fl.Aggregator` over a :class:`Defence`.
 
     It sees every update (no masking) and reports the robust mean as a weighted sum over the
-    accepted rows, so strategies apply it unchanged. The reference direction is the previous
-    round's aggregate unless ``reference`` (round id -> vector or ``None``) supplies one.
+    accepted rows, so strategies apply it unchanged.
+
+    The reference direction handed to the defence is, in this order: what ``reference`` (round
+    id -> vector or ``None``) supplies (FLTrust's root-dataset update); the previous round's
+    aggregate if ``previous_as_reference``; otherwise none, and rules that need one use the
+    round's own coordinate-wise median. The previous aggregate is not the default because it
+    can lock a federation up: measured on MNIST-5k with 20 non-IID clients (``qflare attack
+    poison``), consecutive global updates often point more than 90° apart, so the cosine filter
+    refused every honest update, the round was empty, the stale reference stayed, and the model
+    froze for good (clean accuracy 0.65 against 0.94).
 
     A round in which the defence accepts nothing is reported as an empty
     :class:`AggregateResult` (the strategies then leave the model unchanged), and does not
@@ -28,9 +36,12 @@ class RobustAggregator:
         self,
         defence: Defence,
         reference: Callable[[int], Float64Vector | None] | None = None,
+        *,
+        previous_as_reference: bool = False,
     ) -> None:
         self.defence = defence
         self._reference = reference
+        self._use_previous = previous_as_reference
         self._previous: Float64Vector | None = None
         self.rejected: dict[int, list[int]] = {}
 
@@ -44,7 +55,9 @@ class RobustAggregator:
         ids = sorted(updates)
         matrix = np.stack([np.asarray(updates[c][0], dtype=np.float32) for c in ids])
         weights = np.array([float(updates[c][1]) for c in ids], dtype=np.float64)
-        ref = self._reference(round_id) if self._reference is not None else self._previous
+        ref = self._reference(round_id) if self._reference is not None else None
+        if ref is None and self._use_previous:
+            ref = self._previous
         result = self.defence.aggregate(matrix, weights, ref)
         self.rejected[round_id] = [c for c, ok in zip(ids, result.accepted, strict=True) if not ok]
         total = float(weights[result.accepted].sum())
