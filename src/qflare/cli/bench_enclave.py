@@ -24,9 +24,7 @@ def register(bench_app: typer.Typer) -> None:
         open_uploads: Annotated[
             int, typer.Option(min=2, help="Uploads timed for the open rate.")
         ] = 200,
-        open_dim: Annotated[int, typer.Option(min=1, help="Update length for the open rate.")] = (
-            100_000
-        ),
+        open_dim: Annotated[int, typer.Option(min=1, help="Length d for the open rate.")] = 100_000,
         seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed.")] = 0,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
         output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
