@@ -14,6 +14,10 @@ aggregator TA, so every figure includes the IPC into that process:
 * **finish**: ``clients`` updates of ``dim`` values (``outliers`` of them sign-flipped x10), one
   round per defence; the time of FINISH alone (the defence over the ``(n, d)`` matrix held in
   enclave memory, plus returning the float64 delta over the channel) is reported per defence.
+
+The enclave process inherits the environment, so ``OPENBLAS_NUM_THREADS`` (recorded in the
+result) sets its BLAS threads. On a loaded two-core machine, two spinning BLAS threads make
+Krum's Gram products several times slower than one thread.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from qflare.tee.aggregator_ta import AggregatorConfig
 OPEN_TARGET_PER_S = 200.0
 FINISH_DEFENCES: tuple[str, ...] = ("fedavg", "cosine", "median", "trimmed-mean", "krum")
 _SESSION = "bench-enclave"
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ def run_enclave_bench(
         and all(c["met"] for c in finish.values() if c["met"] is not None),
         "load_average": {"before": load_before, "after": _loadavg()},
         "cpus": os.cpu_count(),
+        "blas_threads_env": {k: os.environ.get(k) for k in _THREAD_VARS},
         "machine": {
             "python": platform.python_version(),
             "numpy": np.__version__,
