@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from qflare.cli.bench_abuse import register as register_bench_abuse
 from qflare.cli.bench_chronos import register as register_bench_chronos
+from qflare.cli.bench_enclave import register as register_bench_enclave
 from qflare.cli.bench_robust import register as register_bench_robust
 from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.options import SchemeName, check_partition
@@ -165,3 +166,4 @@ register_bench_server(bench_app)
 register_bench_chronos(bench_app)
 register_bench_abuse(bench_app)
 register_bench_robust(bench_app)
+register_bench_enclave(bench_app)
