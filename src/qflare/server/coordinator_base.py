@@ -25,6 +25,7 @@ from qflare.ledger import Ledger
 from qflare.ledger.entry import PayloadValue
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
 from qflare.protocol.graph import complete_threshold, find_params
+from qflare.protocol.names import ProtocolName
 from qflare.protocol.quantize import QuantConfig, RingOverflowError, dequantize
 from qflare.protocol.wire import UPDATE_CONTEXT, Notice, SignedResult, Task, result_transcript
 from qflare.server.evaluation import TestAccuracy
@@ -136,7 +137,7 @@ class CoordinatorBase(Generic[L]):
         s = self.settings
         if s.k is not None and s.t is not None:
             return min(s.k, n), min(s.t, n)
-        if s.protocol != "secagg+":
+        if not ProtocolName(s.protocol).sparse_graph:  # (model_copy does not validate)
             return n, min(n, complete_threshold(n, s.corrupt_fraction))
         try:
             p = find_params(n, s.corrupt_fraction, s.dropout_estimate)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qflare.protocol.names import ProtocolName
+
 TRAIN_STEPS = 3  # the training step's default deadline, in step timeouts
 
 
@@ -110,7 +112,7 @@ class ServerSettings(BaseSettings):
     dev: bool = False
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     signature_scheme: str = "mldsa65"
-    protocol: Literal["secagg+", "secagg", "chronos", "chronos-dm"] = "secagg+"
+    protocol: ProtocolName = ProtocolName.SECAGG_PLUS
     chronos_rounds_per_epoch: int = Field(default=10, ge=1)
     chronos_keystores: Literal["enclave", "software"] = "enclave"
     attestation_roots: list[Path] = []
