@@ -25,7 +25,7 @@ from qflare.node.state import IDENTITY_FILE, KEM_FILE
 from qflare.protocol import messages as m
 from qflare.protocol.quantize import QuantConfig, dequantize
 from qflare.protocol.secagg import State
-from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+from qflare.protocol.wire import UPDATE_CONTEXT, SecAggStep, SignedResult, Task, result_transcript
 
 from .fakes import FakeHub, FakeTransport, make_state
 
@@ -107,11 +107,13 @@ def test_claimed_round_is_persisted_and_refused_after_restart(tmp_path):
 def test_tasks_of_unknown_rounds_and_stale_steps_are_ignored(tmp_path):
     hub, _, _, _, runners = _cohort(tmp_path)
     runner = runners[0]
-    assert runner.handle(Task(round_id=7, step=2, message=b"\x90")) is None
+    assert runner.handle(Task(round_id=7, step=2, body=SecAggStep(message=b"\x90"))) is None
     assert runner.report.dropped == 0
     start = hub.task_for("dev0")
     assert runner.handle(start) is not None
-    assert runner.handle(Task(round_id=2, step=0, message=b"x")) is None  # no RoundStart
+    assert (
+        runner.handle(Task(round_id=2, step=0, body=SecAggStep(message=b"x"))) is None
+    )  # no start
     for r in runners[1:]:
         r.run_once()
     assert runner.run_once()  # delivers the step-0 answer computed above
@@ -132,17 +134,17 @@ def test_garbage_or_unexpected_server_message_drops_the_round(tmp_path, message,
     runner = runners[0]
     runner.handle(hub.task_for("dev0"))
     with caplog.at_level(logging.WARNING, logger="qflare.node"):
-        assert runner.handle(Task(round_id=1, step=1, message=message)) is None
+        assert runner.handle(Task(round_id=1, step=1, body=SecAggStep(message=message))) is None
     assert runner.report.dropped == 1
     assert any(r.getMessage() == "round dropped" for r in caplog.records)
     # Further tasks of that round are no longer answered.
-    assert runner.handle(Task(round_id=1, step=2, message=message)) is None
+    assert runner.handle(Task(round_id=1, step=2, body=SecAggStep(message=message))) is None
 
 
 def test_skipped_step_drops_the_round(tmp_path):
     hub, _, _, _, runners = _cohort(tmp_path)
     runners[0].handle(hub.task_for("dev0"))
-    assert runners[0].handle(Task(round_id=1, step=3, message=b"\x90")) is None
+    assert runners[0].handle(Task(round_id=1, step=3, body=SecAggStep(message=b"\x90"))) is None
     assert runners[0].report.dropped == 1
 
 

@@ -38,6 +38,8 @@ from qflare.protocol.wire import (
     ChronosJoin,
     ChronosJoined,
     ChronosRound,
+    ChronosSetup,
+    ChronosStep,
     ChronosTask,
     SignedResult,
     Task,
@@ -264,8 +266,8 @@ class ChronosParticipant:
         if ct.epoch == self.epoch and answer is not None and same:
             log.info("re-sending answer", extra={"round": task.round_id, "step": task.step})
             return answer
-        if ct.join is not None:
-            return self._join(task, ct, ct.join)
+        if isinstance(ct.part, ChronosJoin):
+            return self._join(task, ct, ct.part)
         if ct.epoch != self.epoch or task.step <= self._step:
             log.info("stale or foreign CHRONOS task", extra={"epoch": ct.epoch, "step": task.step})
             return None
@@ -306,22 +308,23 @@ class ChronosParticipant:
         return self._sign(task, msgspec.msgpack.encode(joined))
 
     def _reply(self, task: Task, ct: ChronosTask) -> cm.ClientMessage | None:
-        if ct.setup is not None:
+        part = ct.part
+        if isinstance(part, ChronosSetup):
             keystore = self.keystores.keystore()
-            self.client = ChronosClient(ct.setup.config, keystore, ct.setup.directory)
+            self.client = ChronosClient(part.config, keystore, part.directory)
             reply = self.client.start()
             if keystore.rejected:
                 log.warning("peers left out", extra={"epoch": ct.epoch, **_named(keystore)})
             return reply
         client = self.client
-        if client is None or ct.message is None:
+        if client is None or not isinstance(part, ChronosStep):
             log.warning("malformed CHRONOS task ignored", extra={"step": task.step})
             return None
-        msg = cm.decode_server(ct.message)
+        msg = cm.decode_server(part.message)
         if isinstance(msg, cm.RoundStart):
-            if ct.round is None:
+            if part.round is None:
                 raise ValueError("a round start without the model")
-            client.set_input(self._local_update(msg.round_id, ct.round, client))
+            client.set_input(self._local_update(msg.round_id, part.round, client))
         return client.receive(msg)
 
     def _local_update(self, round_id: int, info: ChronosRound, client: ChronosClient) -> RingVector:

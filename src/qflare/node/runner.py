@@ -2,7 +2,7 @@
 
 Round life cycle seen from a node:
 
-* step 0 (:class:`~qflare.protocol.wire.RoundStart`): make a fresh client machine first -- it
+* step 0 (:class:`~qflare.protocol.wire.SecAggStart`): make a fresh client machine first -- it
   checks the round's parameters against this node's :class:`ClientPolicy` and every peer's
   certificate against the pinned enrollment authority, and a refusal is sent to the server as
   a signed :class:`~qflare.protocol.wire.Notice` (the operator sees it in ``qflare device
@@ -51,8 +51,10 @@ from qflare.protocol.quantize import QuantConfig, quantize, weight_cap
 from qflare.protocol.secagg import RoundRegistry, SecAggClient, State
 from qflare.protocol.wire import (
     UPDATE_CONTEXT,
+    ChronosTask,
     Notice,
-    RoundStart,
+    SecAggStart,
+    SecAggStep,
     SignedResult,
     Task,
     result_transcript,
@@ -245,9 +247,10 @@ class NodeRunner:
 
     def handle(self, task: Task) -> SignedResult | None:
         """Compute the signed answer to ``task``; ``None`` if this node does not answer it."""
-        if task.chronos is not None:
+        body = task.body
+        if isinstance(body, ChronosTask):
             try:
-                return self.chronos.handle(task, task.chronos)
+                return self.chronos.handle(task, body)
             except EpochAbandonedError as exc:
                 self._count_drop(task.round_id, task.step, f"CHRONOS epoch left: {exc}")
                 return None
@@ -259,14 +262,14 @@ class NodeRunner:
             if task.step < current.step:
                 log.info("stale task ignored", extra={"round": task.round_id, "step": task.step})
                 return None
-        if task.step == 0 and task.start is not None:
-            return self._start_round(task.round_id, task.start)
-        if task.step >= 1 and task.message is not None:
-            return self._continue_round(task.round_id, task.step, task.message)
+        if task.step == 0 and isinstance(body, SecAggStart):
+            return self._start_round(task.round_id, body)
+        if task.step >= 1 and isinstance(body, SecAggStep):
+            return self._continue_round(task.round_id, task.step, body.message)
         log.warning("malformed task ignored", extra={"round": task.round_id, "step": task.step})
         return None
 
-    def _start_round(self, round_id: int, start: RoundStart) -> SignedResult | None:
+    def _start_round(self, round_id: int, start: SecAggStart) -> SignedResult | None:
         if self._round is not None:
             self._drop("superseded by a new round")
         cfg = start.config
@@ -339,7 +342,7 @@ class NodeRunner:
             signature=self._signer.sign(transcript, context=UPDATE_CONTEXT),
         )
 
-    def _local_update(self, start: RoundStart) -> RingVector:
+    def _local_update(self, start: SecAggStart) -> RingVector:
         """Train, then quantise ``[weight·delta, weight]`` into the round's ring."""
         weights = np.frombuffer(start.weights, dtype="<f4").astype(np.float32)
         began = self._clock()

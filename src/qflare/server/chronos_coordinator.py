@@ -37,6 +37,7 @@ from qflare.protocol.wire import (
     ChronosJoined,
     ChronosRound,
     ChronosSetup,
+    ChronosStep,
     ChronosTask,
     SignedResult,
     decode_notice,
@@ -257,7 +258,8 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self._log(live, "advance", None, None)
         if out:
             tasks = {
-                i: ChronosTask(epoch=live.epoch, message=cm.encode(msg)) for i, msg in out.items()
+                i: ChronosTask(epoch=live.epoch, part=ChronosStep(message=cm.encode(msg)))
+                for i, msg in out.items()
             }
             self._send(live, tasks, now)
         elif live.in_round:
@@ -314,7 +316,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         join = {
             i: ChronosTask(
                 epoch=first,
-                join=ChronosJoin(
+                part=ChronosJoin(
                     client_index=i,
                     mode=self.mode,
                     signature_scheme=self._scheme.value,
@@ -365,7 +367,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             if row is not None:
                 row.config = cm.encode(cfg)
         setup = ChronosSetup(config=cfg, directory=dict(sorted(live.entries.items())))
-        tasks = {u: ChronosTask(epoch=live.epoch, setup=setup) for u in participants}
+        tasks = {u: ChronosTask(epoch=live.epoch, part=setup) for u in participants}
         self._send(live, tasks, now)
 
     def _end_epoch(self, live: ChronosEpoch, now: float, abort: str | None) -> None:
@@ -416,7 +418,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             deadline=deadline,
         )
         tasks = {
-            u: ChronosTask(epoch=live.epoch, message=cm.encode(msg), round=info)
+            u: ChronosTask(epoch=live.epoch, part=ChronosStep(message=cm.encode(msg), round=info))
             for u, msg in out.items()
         }
         self._send(live, tasks, now, self.settings.training_timeout_s)

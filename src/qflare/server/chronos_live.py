@@ -99,7 +99,7 @@ class ChronosEpoch:
         return Task(
             round_id=self.round_id,
             step=self.step,
-            chronos=payload,
+            body=payload,
             step_timeout_s=self.step_timeout_s,
         )
 

@@ -16,7 +16,14 @@ from qflare.protocol import messages as m
 from qflare.protocol.identity import AuthorityKey, CertificateCache, IdentityDirectory
 from qflare.protocol.quantize import QuantConfig, quantize
 from qflare.protocol.secagg import RoundRegistry, SecAggClient
-from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    SecAggStart,
+    SecAggStep,
+    SignedResult,
+    Task,
+    result_transcript,
+)
 
 UpdateFn = Callable[[npt.NDArray[np.float32], int], tuple[npt.NDArray[np.float32], int]]
 """(global weights, round id) -> (delta, weight)."""
@@ -50,8 +57,8 @@ class SimDevice:
         self._input: RingVector | None = None
 
     def _start(self, task: Task) -> m.ClientMessage:
-        assert task.start is not None
-        s = task.start
+        s = task.body
+        assert isinstance(s, SecAggStart)
         weights = np.frombuffer(s.weights, dtype=np.float32)
         delta, weight = self._update(weights, task.round_id)
         self._input = quantize(
@@ -74,11 +81,12 @@ class SimDevice:
         Raises:
             ProtocolError: the client machine rejected the server's message.
         """
-        if task.start is not None:
+        body = task.body
+        if isinstance(body, SecAggStart):
             msg = self._start(task)
         else:
-            assert self.client is not None and task.message is not None
-            server_msg = m.decode_server(task.message)
+            assert self.client is not None and isinstance(body, SecAggStep)
+            server_msg = m.decode_server(body.message)
             if isinstance(server_msg, m.ShareRelay) and self._input is not None:
                 self.client.set_input(self._input)
                 self._input = None
