@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 
-from qflare.node.deadline import deadline_watch
+from qflare.participant.deadline import deadline_watch
 from qflare.protocol.wire import SecAggStart
 from qflare.server.settings import ServerSettings
 
