@@ -20,7 +20,7 @@ from qflare.cli.options import (
 from qflare.crypto import SignatureScheme
 from qflare.crypto.x509 import SERVER_VALID_DAYS
 from qflare.fl.datasets import DATASET_NAMES
-from qflare.fl.strategy import build_strategy
+from qflare.fl.strategy import STRATEGY_NAMES, build_strategy
 from qflare.logs import LEVELS
 from qflare.node.launch import DEFAULT_STATE_DIR
 from qflare.protocol.chronos import Mode
@@ -36,6 +36,7 @@ def test_choices_match_the_library():
     assert get_args(ChronosMode) == tuple(p.value for p in ProtocolName if p.epochs)
     assert set(get_args(SimProtocol)) == {p.value for p in SECURE_PROTOCOLS} | {PLAIN}
     assert ServerSettings.model_fields["protocol"].annotation is ProtocolName
+    assert get_args(ServerSettings.model_fields["strategy"].annotation) == STRATEGY_NAMES
     assert get_args(LogLevel) == LEVELS
     assert get_args(ServerSettings.model_fields["log_level"].annotation) == LEVELS
 

@@ -18,6 +18,7 @@ accepted whatever round it names.
 from __future__ import annotations
 
 import collections
+import copy
 import hashlib
 import logging
 import threading
@@ -31,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto import CryptoError, RingVector, Rng, SignatureScheme, verify_signature
+from qflare.fl.strategy import AggregateResult, Strategy, build_strategy
 from qflare.ledger import Ledger
 from qflare.ledger.entry import PayloadValue
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
@@ -131,6 +133,9 @@ class CoordinatorBase(Generic[L]):
         self.draining = False  # shutting down: the clock stops, so nothing times out meanwhile
         self._evaluator = TestAccuracy(models) if settings.evaluate else None
         self._audits: collections.deque[tuple[str, Payload, float]] = collections.deque()
+        # The server optimiser. Adaptive moments (FedAdam, FedYogi, FedAdagrad) live in memory:
+        # a restarted server starts them afresh from the stored model.
+        self.strategy: Strategy = build_strategy(settings.strategy, settings.strategy_params)
 
     @property
     def live(self) -> L | None:
@@ -404,6 +409,7 @@ class CoordinatorBase(Generic[L]):
         if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
             abort, total, decoded = decoded, None, None
         state = COMPLETED if total is not None else ABORTED
+        strategy = copy.deepcopy(self.strategy)  # its moments move only if the close commits
 
         def write(db: Session) -> int | None:
             if also is not None:
@@ -416,9 +422,11 @@ class CoordinatorBase(Generic[L]):
                 return None
             conduct.set_survivors(db, end.round_id, end.survivors)
             row.result = total.tobytes()
-            return self._models.apply_fedavg(db, decoded[0], decoded[1], end.round_id, now)
+            result = AggregateResult(decoded[0], float(decoded[1]), len(end.survivors))
+            return self._models.apply(db, strategy, result, end.round_id, now)
 
         version = self._commit("round close", write)
+        self.strategy = strategy
         self._last_close = now
         self.generation += 1
         events.round_closed(
