@@ -25,7 +25,15 @@ from qflare.node.state import IDENTITY_FILE, KEM_FILE
 from qflare.protocol import messages as m
 from qflare.protocol.quantize import QuantConfig, dequantize
 from qflare.protocol.secagg import State
-from qflare.protocol.wire import UPDATE_CONTEXT, SecAggStep, SignedResult, Task, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    ChronosStep,
+    ChronosTask,
+    SecAggStep,
+    SignedResult,
+    Task,
+    result_transcript,
+)
 
 from .fakes import FakeHub, FakeTransport, make_state
 
@@ -120,6 +128,22 @@ def test_tasks_of_unknown_rounds_and_stale_steps_are_ignored(tmp_path):
     assert runner.run_once()  # answers step 1
     assert runner.handle(start) is None  # a stale step 0 neither re-answers nor drops
     assert runner.report.dropped == 0 and runner.report.results_sent == 2
+
+
+def test_a_task_no_participant_handles_is_declined_cleanly(tmp_path, caplog):
+    hub, _, _, _, runners = _cohort(tmp_path)
+    runner = runners[0]
+    runner.participants = [p for p in runner.participants if not p.handles(hub_chronos_body())]
+    task = Task(round_id=1, step=0, body=hub_chronos_body())
+    with caplog.at_level(logging.WARNING, logger="qflare.node"):
+        assert runner.handle(task) is None
+    assert any(r.getMessage() == "task declined: no participant for it" for r in caplog.records)
+    assert runner.report.dropped == 0 and runner.report.results_sent == 0
+    assert runner.handle(hub.task_for("dev0")) is not None  # SecAgg rounds still work
+
+
+def hub_chronos_body() -> ChronosTask:
+    return ChronosTask(epoch=1, part=ChronosStep(message=b"\x90"))
 
 
 @pytest.mark.parametrize(
