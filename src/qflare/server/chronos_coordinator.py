@@ -48,7 +48,7 @@ from qflare.server.chronos_live import (
     malformed,
     put_round_row,
     result_of,
-    verified_index,
+    step_index,
 )
 from qflare.server.coordinator_base import ABORTED, CoordinatorBase, RoundEnd
 from qflare.server.model import ModelStore
@@ -100,8 +100,9 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self, device_id: str, result: SignedResult, identity_pk: bytes
     ) -> tuple[ChronosEpoch, int]:
         live = self._live
-        index = verified_index(live, self._scheme, device_id, result, identity_pk)
+        index = step_index(live, device_id, result)
         assert live is not None
+        self.verify_result(device_id, result, identity_pk, live.state_name(), index)
         return live, index
 
     def _accept_result(
