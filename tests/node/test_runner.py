@@ -142,6 +142,51 @@ def test_a_task_no_participant_handles_is_declined_cleanly(tmp_path, caplog):
     assert runner.handle(hub.task_for("dev0")) is not None  # SecAgg rounds still work
 
 
+class _Plugged:
+    """A stand-in for another protocol's participant: answers every CHRONOS body once."""
+
+    def __init__(self, results, report):
+        self.results, self.report, self.delivered_results = results, report, []
+
+    def handles(self, body):
+        return isinstance(body, ChronosTask)
+
+    def handle(self, task):
+        return self.results.sign(task.round_id, task.step, b"plugged")
+
+    def delivered(self, result):
+        self.delivered_results.append(result)
+        self.report.completed += 1
+        return True
+
+    def rejected(self, result, why):
+        self.report.drop(result.round_id, result.step, why)
+
+    def position(self):
+        return None
+
+    def abandon(self, why):
+        pass
+
+
+def test_a_plugged_in_participant_answers_its_bodies_first(tmp_path):
+    state = make_state(tmp_path / "n0", "dev0", seed=0)
+    task = Task(round_id=4, step=0, body=hub_chronos_body())
+    runner = NodeRunner(
+        state,
+        _ScriptedTransport([task]),
+        ConstantTrainer(1),
+        DeterministicRng(1),
+        sleep=lambda _s: None,
+        participants=[_Plugged],
+    )
+    assert runner.run(max_rounds=1).completed == 1
+    (plugged,) = [p for p in runner.participants if isinstance(p, _Plugged)]
+    (result,) = plugged.delivered_results
+    assert (result.round_id, result.step, result.message) == (4, 0, b"plugged")
+    assert result.device_id == "dev0"
+
+
 def hub_chronos_body() -> ChronosTask:
     return ChronosTask(epoch=1, part=ChronosStep(message=b"\x90"))
 

@@ -23,7 +23,13 @@ from qflare.crypto import Rng
 from qflare.node.session import NodeFatalError, NodeStopped, TaskTransport
 from qflare.node.state import NodeState
 from qflare.node.transport import ConflictError, ServerError, TransportError
-from qflare.participant.base import Participant, ResultSigner, RunReport, Trainer
+from qflare.participant.base import (
+    Participant,
+    ParticipantFactory,
+    ResultSigner,
+    RunReport,
+    Trainer,
+)
 from qflare.participant.chronos import ChronosParticipant, KeystoreProvider, SoftwareKeystores
 from qflare.participant.secagg import SecAggParticipant
 from qflare.protocol.identity import CertificateCache
@@ -54,6 +60,9 @@ class NodeRunner:
         ledger_check: Called at every round start before anything is computed (e.g.
             :meth:`~qflare.node.ledger_watch.LedgerWatch.check`); raises ``NodeFatalError`` to
             stop the node.
+        participants: Further protocols' participants (built from the node's result signer
+            and report), asked before the built-in SecAgg and CHRONOS ones: a new protocol
+            plugs in here without touching the others.
     """
 
     def __init__(
@@ -70,6 +79,7 @@ class NodeRunner:
         keystores: KeystoreProvider | None = None,
         policy: ClientPolicy | None = None,
         ledger_check: Callable[[], object] | None = None,
+        participants: Sequence[ParticipantFactory] = (),
     ) -> None:
         self.device_id = state.require_device().device_id
         signer = state.signer()
@@ -81,6 +91,7 @@ class NodeRunner:
         authority, policy = state.authority(), policy or ClientPolicy()
         self._registry = state.registry()  # round ids this node took part in (persisted)
         self.participants: Sequence[Participant] = (
+            *(make(self._results, self.report) for make in participants),
             SecAggParticipant(
                 self._results,
                 trainer,

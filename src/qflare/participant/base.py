@@ -9,6 +9,7 @@ the participant leaves the round (or epoch), counts the drop and answers nothing
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +27,14 @@ from qflare.protocol.wire import (
     result_transcript,
 )
 
-__all__ = ["FloatVector", "Participant", "ResultSigner", "RunReport", "Trainer"]
+__all__ = [
+    "FloatVector",
+    "Participant",
+    "ParticipantFactory",
+    "ResultSigner",
+    "RunReport",
+    "Trainer",
+]
 
 log = logging.getLogger("qflare.node")
 FloatVector = npt.NDArray[np.float32]
@@ -128,3 +136,7 @@ class Participant(Protocol):
     def abandon(self, why: str | None) -> None:
         """Leave whatever is in progress; ``None``: the device stops (release resources)."""
         ...
+
+
+ParticipantFactory = Callable[[ResultSigner, RunReport], Participant]
+"""Builds a protocol's participant from the device's result signer and its run report."""
