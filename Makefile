@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[fl,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[fl,dev,server]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

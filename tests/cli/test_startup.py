@@ -67,3 +67,32 @@ def test_help_and_version_import_nothing_heavy():
 
 def test_version_matches_the_package_metadata():
     assert __version__ == importlib.metadata.version("qflare")
+
+
+SERVER_ONLY = ["fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg"]
+_NODE_PROBE = """
+import json, sys
+for name in json.loads(sys.argv[1]):
+    sys.modules[name] = None  # an install without the `server` extra: importing it fails
+import qflare.node, qflare.node.launch, qflare.node.runner
+import qflare.participant.chronos, qflare.participant.secagg
+from qflare.cli.app import app
+codes = []
+for args in (["node", "--help"], ["node", "run", "--help"], ["node", "enroll", "--help"]):
+    try:
+        app(args, prog_name="qflare")
+    except SystemExit as exc:
+        codes.append(exc.code)
+print(json.dumps(codes))
+"""
+
+
+def test_node_commands_need_nothing_from_the_server_extra():
+    proc = subprocess.run(
+        [sys.executable, "-c", _NODE_PROBE, json.dumps(SERVER_ONLY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [0, 0, 0]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import time
 
-from qflare.node.deadline import deadline_watch
+from qflare.participant.deadline import deadline_watch
+from qflare.protocol.wire import SecAggStart
 from qflare.server.settings import ServerSettings
 
 from .harness import Federation
@@ -25,8 +26,8 @@ def test_training_slower_than_a_step_timeout_does_not_cost_the_round(tmp_path):
     fed.coord.tick()
     opened = fed.clock()
     task = fed.coord.task_for(fed.nodes[0].device_id)
-    assert task is not None and task.start is not None and task.step_timeout_s == 10
-    assert task.start.deadline == opened + 30
+    assert task is not None and isinstance(task.body, SecAggStart) and task.step_timeout_s == 10
+    assert task.body.deadline == opened + 30
     fed.clock.now += 25  # the first round loads data, trains on a loaded machine...
     fed.see()
     fed.coord.tick()

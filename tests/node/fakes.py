@@ -16,7 +16,8 @@ from qflare.protocol.identity import encode_authority_key
 from qflare.protocol.secagg import SecAggServer, State
 from qflare.protocol.wire import (
     UPDATE_CONTEXT,
-    RoundStart,
+    SecAggStart,
+    SecAggStep,
     SignedResult,
     Task,
     decode_notice,
@@ -79,8 +80,8 @@ class FakeHub:
         if self.weights.size == 0:
             self.weights = np.linspace(-1, 1, self.dim, dtype=np.float32)
 
-    def start(self, index: int) -> RoundStart:
-        return RoundStart(
+    def start(self, index: int) -> SecAggStart:
+        return SecAggStart(
             config=self.cfg,
             client_index=index,
             certificates=self.certificates,
@@ -98,12 +99,12 @@ class FakeHub:
         if index not in self.machine.pending():
             return None
         if self.step == 0:
-            return Task(round_id=self.round_id, step=0, start=self.start(index))
+            return Task(round_id=self.round_id, step=0, body=self.start(index))
         message = self.outbox.get(index)
         return (
             None
             if message is None
-            else Task(round_id=self.round_id, step=self.step, message=message)
+            else Task(round_id=self.round_id, step=self.step, body=SecAggStep(message=message))
         )
 
     def submit(self, result: SignedResult) -> None:

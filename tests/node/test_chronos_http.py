@@ -24,7 +24,7 @@ from qflare.node import (
     TaskTransport,
     enroll,
 )
-from qflare.node.chronos import EnclaveKeystores
+from qflare.participant.chronos import EnclaveKeystores
 from qflare.protocol.quantize import QuantConfig, dequantize
 from qflare.protocol.wire import SignedResult, Task
 from qflare.server.chronos_coordinator import RESTART_ABORT

@@ -25,7 +25,15 @@ from qflare.node.state import IDENTITY_FILE, KEM_FILE
 from qflare.protocol import messages as m
 from qflare.protocol.quantize import QuantConfig, dequantize
 from qflare.protocol.secagg import State
-from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    ChronosStep,
+    ChronosTask,
+    SecAggStep,
+    SignedResult,
+    Task,
+    result_transcript,
+)
 
 from .fakes import FakeHub, FakeTransport, make_state
 
@@ -107,17 +115,80 @@ def test_claimed_round_is_persisted_and_refused_after_restart(tmp_path):
 def test_tasks_of_unknown_rounds_and_stale_steps_are_ignored(tmp_path):
     hub, _, _, _, runners = _cohort(tmp_path)
     runner = runners[0]
-    assert runner.handle(Task(round_id=7, step=2, message=b"\x90")) is None
+    assert runner.handle(Task(round_id=7, step=2, body=SecAggStep(message=b"\x90"))) is None
     assert runner.report.dropped == 0
     start = hub.task_for("dev0")
     assert runner.handle(start) is not None
-    assert runner.handle(Task(round_id=2, step=0, message=b"x")) is None  # no RoundStart
+    assert (
+        runner.handle(Task(round_id=2, step=0, body=SecAggStep(message=b"x"))) is None
+    )  # no start
     for r in runners[1:]:
         r.run_once()
     assert runner.run_once()  # delivers the step-0 answer computed above
     assert runner.run_once()  # answers step 1
     assert runner.handle(start) is None  # a stale step 0 neither re-answers nor drops
     assert runner.report.dropped == 0 and runner.report.results_sent == 2
+
+
+def test_a_task_no_participant_handles_is_declined_cleanly(tmp_path, caplog):
+    hub, _, _, _, runners = _cohort(tmp_path)
+    runner = runners[0]
+    runner.participants = [p for p in runner.participants if not p.handles(hub_chronos_body())]
+    task = Task(round_id=1, step=0, body=hub_chronos_body())
+    with caplog.at_level(logging.WARNING, logger="qflare.node"):
+        assert runner.handle(task) is None
+    assert any(r.getMessage() == "task declined: no participant for it" for r in caplog.records)
+    assert runner.report.dropped == 0 and runner.report.results_sent == 0
+    assert runner.handle(hub.task_for("dev0")) is not None  # SecAgg rounds still work
+
+
+class _Plugged:
+    """A stand-in for another protocol's participant: answers every CHRONOS body once."""
+
+    def __init__(self, results, report):
+        self.results, self.report, self.delivered_results = results, report, []
+
+    def handles(self, body):
+        return isinstance(body, ChronosTask)
+
+    def handle(self, task):
+        return self.results.sign(task.round_id, task.step, b"plugged")
+
+    def delivered(self, result):
+        self.delivered_results.append(result)
+        self.report.completed += 1
+        return True
+
+    def rejected(self, result, why):
+        self.report.drop(result.round_id, result.step, why)
+
+    def position(self):
+        return None
+
+    def abandon(self, why):
+        pass
+
+
+def test_a_plugged_in_participant_answers_its_bodies_first(tmp_path):
+    state = make_state(tmp_path / "n0", "dev0", seed=0)
+    task = Task(round_id=4, step=0, body=hub_chronos_body())
+    runner = NodeRunner(
+        state,
+        _ScriptedTransport([task]),
+        ConstantTrainer(1),
+        DeterministicRng(1),
+        sleep=lambda _s: None,
+        participants=[_Plugged],
+    )
+    assert runner.run(max_rounds=1).completed == 1
+    (plugged,) = [p for p in runner.participants if isinstance(p, _Plugged)]
+    (result,) = plugged.delivered_results
+    assert (result.round_id, result.step, result.message) == (4, 0, b"plugged")
+    assert result.device_id == "dev0"
+
+
+def hub_chronos_body() -> ChronosTask:
+    return ChronosTask(epoch=1, part=ChronosStep(message=b"\x90"))
 
 
 @pytest.mark.parametrize(
@@ -132,17 +203,17 @@ def test_garbage_or_unexpected_server_message_drops_the_round(tmp_path, message,
     runner = runners[0]
     runner.handle(hub.task_for("dev0"))
     with caplog.at_level(logging.WARNING, logger="qflare.node"):
-        assert runner.handle(Task(round_id=1, step=1, message=message)) is None
+        assert runner.handle(Task(round_id=1, step=1, body=SecAggStep(message=message))) is None
     assert runner.report.dropped == 1
     assert any(r.getMessage() == "round dropped" for r in caplog.records)
     # Further tasks of that round are no longer answered.
-    assert runner.handle(Task(round_id=1, step=2, message=message)) is None
+    assert runner.handle(Task(round_id=1, step=2, body=SecAggStep(message=message))) is None
 
 
 def test_skipped_step_drops_the_round(tmp_path):
     hub, _, _, _, runners = _cohort(tmp_path)
     runners[0].handle(hub.task_for("dev0"))
-    assert runners[0].handle(Task(round_id=1, step=3, message=b"\x90")) is None
+    assert runners[0].handle(Task(round_id=1, step=3, body=SecAggStep(message=b"\x90"))) is None
     assert runners[0].report.dropped == 1
 
 

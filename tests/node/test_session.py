@@ -30,7 +30,7 @@ from qflare.protocol.session import (
     SecureChannel,
     SessionResponder,
 )
-from qflare.protocol.wire import SealedFrame, SignedResult, Task
+from qflare.protocol.wire import SealedFrame, SecAggStep, SignedResult, Task
 
 PROBLEM = {"Content-Type": "application/problem+json"}
 Fault = Callable[[httpx.Request], httpx.Response | None]
@@ -144,8 +144,8 @@ def _result(step: int = 0) -> SignedResult:
 def test_handshake_once_then_sealed_polls_and_results(setup):
     server, make, sleeps, _, _ = setup
     session = make()
-    server.tasks.append(Task(round_id=3, step=0, message=None))
-    assert session.poll(1.0) == Task(round_id=3, step=0)
+    server.tasks.append(Task(round_id=3, step=0, body=SecAggStep(message=b"")))
+    assert session.poll(1.0) == Task(round_id=3, step=0, body=SecAggStep(message=b""))
     assert session.poll(1.0) is None
     session.send(_result())
     assert server.results == [_result()]
@@ -191,7 +191,7 @@ def test_a_restarted_server_is_reconnected_at_once_not_after_the_grown_delay(set
 def test_the_announced_step_timeout_caps_the_backoff(setup):
     server, make, sleeps, _, _ = setup
     session = make(RetryPolicy(initial_s=1.0, factor=2.0, max_delay_s=30.0, jitter=0.0))
-    server.tasks = [Task(round_id=1, step=1, message=b"x", step_timeout_s=10.0)]
+    server.tasks = [Task(round_id=1, step=1, body=SecAggStep(message=b"x"), step_timeout_s=10.0)]
     assert session.poll(0) is not None
     assert session.backoff_cap_s == 2.5  # a quarter of the step
     server.faults = [_network_error] * 6
@@ -287,6 +287,6 @@ def test_tampered_task_frame_drops_the_channel_and_reconnects(setup):
         return httpx.Response(200, content=msgspec.msgpack.encode(frame))
 
     server.faults = [forged]
-    server.tasks.append(Task(round_id=1, step=0))
-    assert session.poll(0) == Task(round_id=1, step=0)
+    server.tasks.append(Task(round_id=1, step=0, body=SecAggStep(message=b"")))
+    assert session.poll(0) == Task(round_id=1, step=0, body=SecAggStep(message=b""))
     assert session.handshakes == 2 and sleeps == []

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from qflare.protocol.session import C2S, ClientFinished, ServerHello
-from qflare.protocol.wire import SealedFrame
+from qflare.protocol.wire import SealedFrame, SecAggStart
 from qflare.store import repos
 from qflare.store.models import RoundEvent
 from tests.server.conftest import Harness
@@ -155,7 +155,7 @@ def test_result_with_bad_signature_is_401_and_not_recorded(server: Harness):
     resp = a.poll(sa, wait=5.0)
     assert resp.status_code == 200, "the coordinator did not open a round"
     task = a.task(sa, resp)
-    assert task.start is not None and task.step == 0
+    assert isinstance(task.body, SecAggStart) and task.step == 0
     resp = a.post_result(sa, a.signed(task, b"\x90", signature=b"\0" * 64))
     assert resp.status_code == 401 and code(resp) == "bad_signature"
     other_key = b.signed(task, b"\x90").signature  # valid signature, wrong signer

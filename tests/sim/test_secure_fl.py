@@ -7,10 +7,10 @@ from typer.testing import CliRunner
 from qflare.cli.app import app
 from qflare.fl import PlainAggregator, weighted_sum
 from qflare.sim.federated import FederatedConfig, run_federated
-from qflare.sim.secure import SecAggAggregator, SecureProtocol, attack_observers
+from qflare.sim.secure import SECURE_PROTOCOLS, SecAggAggregator, attack_observers
 
 
-@pytest.mark.parametrize("protocol", list(SecureProtocol))
+@pytest.mark.parametrize("protocol", SECURE_PROTOCOLS)
 def test_secure_aggregate_matches_plain_weighted_sum(protocol):
     rng = np.random.default_rng(0)
     updates = {

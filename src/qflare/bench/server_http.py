@@ -34,7 +34,7 @@ from qflare.protocol.identity import (
     parse_token,
 )
 from qflare.protocol.session import C2S, S2C, SecureChannel, ServerHello, SessionInitiator
-from qflare.protocol.wire import EnrollRequest, EnrollResponse, SealedFrame, Task
+from qflare.protocol.wire import EnrollRequest, EnrollResponse, SealedFrame, SecAggStep, Task
 from qflare.sim.device import SimDevice
 
 MSGPACK = {"content-type": "application/msgpack"}
@@ -164,8 +164,9 @@ async def _node(base: str, token: str, tally: Tally, deadline: float) -> None:
                 ),
                 session=channel.session_id,
             )
-            if task.message is not None and isinstance(
-                m.decode_server(task.message), m.UnmaskRequest
+            body = task.body
+            if isinstance(body, SecAggStep) and isinstance(
+                m.decode_server(body.message), m.UnmaskRequest
             ):
                 tally.finished += 1
                 return

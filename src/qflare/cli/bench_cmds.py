@@ -105,6 +105,7 @@ def bench_accuracy(
     """Accuracy parity: SecAgg+ FedAvg vs plain FedAvg on MNIST-5k, same seed."""
     from qflare.cli.settings import Settings
     from qflare.cli.simulate import accuracy_parity, prepare
+    from qflare.protocol.names import ProtocolName
     from qflare.sim.federated import FederatedConfig
 
     cfg = FederatedConfig(
@@ -120,7 +121,7 @@ def bench_accuracy(
     console = Console(stderr=True)
     try:
         with console.status("loading the data"):
-            data = prepare(cfg, "secagg+", 0.0)
+            data = prepare(cfg, ProtocolName.SECAGG_PLUS, 0.0)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     with console.status("training secure and plain federations"):

@@ -16,6 +16,7 @@ __all__ = [
     "ChronosMode",
     "DatasetName",
     "LogLevel",
+    "PLAIN",
     "POISON_ATTACKS",
     "SchemeName",
     "SimProtocol",
@@ -30,6 +31,9 @@ SchemeName = Literal["mldsa65", "ed25519", "hybrid"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 DatasetName = Literal["mnist", "digits"]
 SimProtocol = Literal["secagg+", "secagg", "plain"]
+"""``qflare simulate``'s choices: the SecAgg protocols (see ``ProtocolName``) or no masking."""
+PLAIN = "plain"
+"""The simulation choice without secure aggregation (not a protocol: a plain weighted sum)."""
 StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
 ChronosMode = Literal["chronos", "chronos-dm"]
 POISON_ATTACKS: tuple[str, ...] = (

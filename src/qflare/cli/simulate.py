@@ -10,12 +10,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from qflare.cli.options import PLAIN
 from qflare.cli.settings import PROTOCOLS
 from qflare.crypto import SignatureScheme
 from qflare.fl import Aggregator, Dataset, PlainAggregator, load_dataset, partition
+from qflare.protocol.names import ProtocolName
 from qflare.sim.federated import FederatedConfig, RoundMetrics, SimulationResult, run_federated
 from qflare.sim.report import plot_accuracy, write_metrics_json
-from qflare.sim.secure import SecAggAggregator, SecureProtocol
+from qflare.sim.secure import SecAggAggregator
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,12 @@ class SimulateOptions:
 
 def make_aggregator(protocol: str, dropout: float, scheme: str, seed: int) -> Aggregator:
     """Build the aggregator a protocol name stands for."""
-    if protocol == "plain":
+    if protocol == PLAIN:
         return PlainAggregator(dropout=dropout, seed=seed)
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     return SecAggAggregator(
-        protocol=SecureProtocol(protocol),
+        protocol=ProtocolName(protocol),
         dropout=dropout,
         scheme=SignatureScheme(scheme),
         seed=seed,
@@ -122,9 +124,9 @@ def run_simulation(
     data = data if data is not None else load_dataset(cfg.dataset, cfg.seed)
     agg = make_aggregator(opts.protocol, opts.dropout, opts.scheme, cfg.seed)
     runs = {opts.protocol: _run(console, opts.protocol, cfg, agg, data)}
-    if opts.compare_plain and opts.protocol != "plain":
-        plain = make_aggregator("plain", opts.dropout, opts.scheme, cfg.seed)
-        runs["plain"] = _run(console, "plain", cfg, plain, data)
+    if opts.compare_plain and opts.protocol != PLAIN:
+        plain = make_aggregator(PLAIN, opts.dropout, opts.scheme, cfg.seed)
+        runs[PLAIN] = _run(console, PLAIN, cfg, plain, data)
     _table(console, runs)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = write_metrics_json(
@@ -147,8 +149,10 @@ def accuracy_parity(
     cfg: FederatedConfig, scheme: str, data: Dataset | None = None
 ) -> dict[str, object]:
     """The accuracy benchmark: secure (SecAgg+) vs plain FedAvg, same seed, no dropouts."""
-    secure = run_federated(cfg, make_aggregator("secagg+", 0.0, scheme, cfg.seed), data=data)
-    plain = run_federated(cfg, make_aggregator("plain", 0.0, scheme, cfg.seed), data=data)
+    secure = run_federated(
+        cfg, make_aggregator(ProtocolName.SECAGG_PLUS, 0.0, scheme, cfg.seed), data=data
+    )
+    plain = run_federated(cfg, make_aggregator(PLAIN, 0.0, scheme, cfg.seed), data=data)
     gap = (plain.final_accuracy - secure.final_accuracy) * 100
     return {
         "benchmark": "accuracy",

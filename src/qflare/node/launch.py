@@ -15,7 +15,6 @@ from pathlib import Path
 
 from qflare.crypto import DeterministicRng, Rng, SignatureScheme, SystemRng
 from qflare.logs import StructuredFormatter, configure_logging
-from qflare.node.chronos import EnclaveKeystores
 from qflare.node.enroll import enroll
 from qflare.node.ledger_watch import LedgerWatch, WitnessConfig
 from qflare.node.runner import NodeRunner, RunReport
@@ -23,6 +22,7 @@ from qflare.node.session import NodeSession, RetryPolicy
 from qflare.node.state import DeviceRecord, NodeState
 from qflare.node.trainer import TorchTrainer, Trainer, TrainingConfig, parse_trainer_spec
 from qflare.node.transport import HttpApi, Timeouts
+from qflare.participant.chronos import EnclaveKeystores
 from qflare.protocol.policy import ClientPolicy
 
 __all__ = [

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
+
+from qflare.participant.base import FloatVector, Trainer
 
 if TYPE_CHECKING:  # torch and the FL layer load only when a node really trains a model
     from qflare.fl import Dataset
 
 __all__ = ["ConstantTrainer", "TorchTrainer", "Trainer", "TrainingConfig", "parse_trainer_spec"]
-
-FloatVector = npt.NDArray[np.float32]
-
-
-class Trainer(Protocol):
-    """Trains locally from the global model of a round."""
-
-    def train(self, weights: FloatVector, round_id: int) -> tuple[FloatVector, int]:
-        """Return ``(new - given weights, number of training examples)`` as float32."""
-        ...
 
 
 class ConstantTrainer:

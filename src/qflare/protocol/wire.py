@@ -32,17 +32,21 @@ __all__ = [
     "ChronosJoin",
     "ChronosJoined",
     "ChronosRound",
+    "ChronosPart",
     "ChronosSetup",
+    "ChronosStep",
     "ChronosTask",
     "EnrollRequest",
     "EnrollResponse",
     "EnrollmentRefusedError",
     "IssuedCertificate",
     "Notice",
-    "RoundStart",
     "SealedFrame",
+    "SecAggStart",
+    "SecAggStep",
     "SignedResult",
     "Task",
+    "TaskBody",
     "check_device_keys",
     "check_token",
     "decode_as",
@@ -204,8 +208,10 @@ class SealedFrame(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ciphertext: bytes
 
 
-class RoundStart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """First task of a round: everything a node needs to train and to run its client machine.
+class SecAggStart(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="secagg-start"
+):
+    """First task of a SecAgg round: what a node needs to train and to run its client machine.
 
     Attributes:
         config: Public round parameters.
@@ -230,7 +236,9 @@ class RoundStart(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     deadline: Finite
 
 
-class ChronosJoin(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ChronosJoin(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="join"
+):
     """First task of a CHRONOS epoch: open a keystore, answer with :class:`ChronosJoined`.
 
     Attributes:
@@ -265,7 +273,9 @@ class ChronosJoined(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     evidence: bytes = b""
 
 
-class ChronosSetup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class ChronosSetup(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="setup"
+):
     """Second task of an epoch: its parameters and the participants' endorsed keystore keys."""
 
     version: int = PROTOCOL_VERSION
@@ -274,7 +284,7 @@ class ChronosSetup(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class ChronosRound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Sent with a round's ``RoundStart``: what the node trains from and how it quantises."""
+    """Sent with a CHRONOS ``RoundStart`` message: what the node trains from, how it quantises."""
 
     version: int = PROTOCOL_VERSION
     model_version: int
@@ -284,33 +294,64 @@ class ChronosRound(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     deadline: Finite
 
 
-class ChronosTask(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """One CHRONOS step for a node: exactly one of ``join``, ``setup`` or ``message`` is set.
+class SecAggStep(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="secagg-step"
+):
+    """A later SecAgg step: the encoded server->client protocol message of the step.
 
     Attributes:
-        epoch: The epoch.
-        join: Open a keystore (step 0).
-        setup: Start the offline phase (step 1).
-        message: An encoded CHRONOS server message (later steps).
+        message: An encoded :data:`~qflare.protocol.messages.ServerMessage`.
+    """
+
+    version: int = PROTOCOL_VERSION
+    message: bytes
+
+
+class ChronosStep(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="step"
+):
+    """A later CHRONOS step: an encoded server message (with the model at a round's start).
+
+    Attributes:
+        message: An encoded CHRONOS server message.
         round: Training input, with a round's ``RoundStart`` message only.
     """
 
     version: int = PROTOCOL_VERSION
-    epoch: int
-    join: ChronosJoin | None = None
-    setup: ChronosSetup | None = None
-    message: bytes | None = None
+    message: bytes
     round: ChronosRound | None = None
 
 
-class Task(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
-):
-    """One item a node pulls: a round start or an encoded server->client protocol message.
+ChronosPart = ChronosJoin | ChronosSetup | ChronosStep
+"""What one CHRONOS step asks: open a keystore, start the offline phase, or answer a message."""
 
-    SecAgg tasks set ``start`` or ``message``; CHRONOS tasks set ``chronos`` (then ``step``
-    counts the epoch's steps and ``round_id`` is the round in progress, or the epoch's first
-    round while offline). Unset fields are not encoded, so SecAgg tasks decode on older nodes.
+
+class ChronosTask(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="chronos"
+):
+    """One CHRONOS step for a node.
+
+    Attributes:
+        epoch: The epoch.
+        part: :class:`ChronosJoin` (step 0), :class:`ChronosSetup` (step 1) or
+            :class:`ChronosStep` (later steps).
+    """
+
+    version: int = PROTOCOL_VERSION
+    epoch: int
+    part: ChronosPart
+
+
+TaskBody = SecAggStart | SecAggStep | ChronosTask
+"""What a task asks of a node, tagged by protocol and step kind (a msgspec tagged union)."""
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One item a node pulls: the round and step it belongs to, and what the step asks.
+
+    ``body`` is a tagged union; the node hands it to the participant registered for its type
+    (:mod:`qflare.node.participant`). For CHRONOS ``step`` counts the epoch's steps and
+    ``round_id`` is the round in progress (or the epoch's first round while offline).
     ``step_timeout_s`` announces the federation's step timeout: a node keeps its reconnection
     backoff well below it, so that a server restart does not cost it the step.
     """
@@ -318,9 +359,7 @@ class Task(
     version: int = PROTOCOL_VERSION
     round_id: int
     step: int
-    start: RoundStart | None = None
-    message: bytes | None = None
-    chronos: ChronosTask | None = None
+    body: TaskBody
     step_timeout_s: Finite = 0.0
 
 

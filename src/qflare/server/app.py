@@ -22,9 +22,8 @@ from qflare.server.authority_client import (
     HttpAuthorityClient,
     load_authority_key,
 )
-from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.context import ServerContext
-from qflare.server.coordinator import Coordinator
+from qflare.server.drivers import make_driver
 from qflare.server.errors import install_error_handlers
 from qflare.server.guard import AbuseGuard
 from qflare.server.identity import load_or_create_identity
@@ -125,8 +124,7 @@ def build_context(
     )
     models = ModelStore(factory, settings.dataset, settings.model)
     models.ensure_initial(clock())
-    driver = ChronosCoordinator if settings.protocol.startswith("chronos") else Coordinator
-    coordinator = driver(settings, factory, ledger, models, clock, rng)
+    coordinator = make_driver(settings, factory, ledger, models, clock, rng)
     coordinator.recover()
     return ServerContext(
         settings=settings,

@@ -19,7 +19,6 @@ no epoch opens before that.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -37,9 +36,9 @@ from qflare.protocol.wire import (
     ChronosJoined,
     ChronosRound,
     ChronosSetup,
+    ChronosStep,
     ChronosTask,
     SignedResult,
-    decode_notice,
 )
 from qflare.server import events
 from qflare.server.admission import Admission, Refused
@@ -49,12 +48,12 @@ from qflare.server.chronos_live import (
     malformed,
     put_round_row,
     result_of,
-    verified_index,
+    step_index,
 )
-from qflare.server.coordinator_base import CoordinatorBase
+from qflare.server.coordinator_base import ABORTED, CoordinatorBase, RoundEnd
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
-from qflare.store import conduct, repos
+from qflare.store import repos
 from qflare.store.models import Round
 
 __all__ = ["RESTART_ABORT", "ChronosCoordinator"]
@@ -91,52 +90,40 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self.admission = Admission.from_settings(settings)
         self._abandoned = False  # an epoch was dropped; its open rows still need closing
 
-    # ---- results --------------------------------------------------------------------------------
+    # ---- results ----------------------------------------------------------------------------------
 
-    def submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
-        """Verify a signed result and feed it to the epoch.
+    def _unavailable(self, now: float) -> bool:
+        """The database is down, or an abandoned epoch's rows are not closed yet."""
+        return self.health.blocked(now) or self._abandoned
 
-        Raises:
-            RemoteProtocolError: wrong round or step (409), bad signature (401), malformed or
-                rejected protocol message (400).
-        """
-        with self._lock:
-            now = self._clock()
-            if self.health.blocked(now) or self._abandoned:
-                raise self.health.unavailable(now)
-            self._guarded(
-                "result", lambda: self._submit(device_id, result, identity_pk), raise_=True
-            )
-
-    def _submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
-        notice = decode_notice(result.message)
-        if notice is not None and notice.kind == "leaving":
-            index = self.leaving(device_id, result, identity_pk, notice)
-            live = self._live
-            if live is not None and index is not None:
-                self._stop_waiting(live, index)
-                if live.ready():
-                    self._advance(live)
-            return
+    def _verified(
+        self, device_id: str, result: SignedResult, identity_pk: bytes
+    ) -> tuple[ChronosEpoch, int]:
         live = self._live
-        index = verified_index(live, self._scheme, device_id, result, identity_pk)
+        index = step_index(live, device_id, result)
         assert live is not None
-        if notice is not None:
-            self.notice(device_id, notice.kind, notice.reason, notice.detail)
-            self._stop_waiting(live, index)
-        elif live.machine is None:
-            self._accept_join(live, index, device_id, identity_pk, result.message)
+        self.verify_result(device_id, result, identity_pk, live.state_name(), index)
+        return live, index
+
+    def _accept_result(
+        self, live: ChronosEpoch, index: int, device_id: str, identity_pk: bytes, message: bytes
+    ) -> None:
+        if live.machine is None:
+            self._accept_join(live, index, device_id, identity_pk, message)
         else:
-            self._accept(live, live.machine, index, result.message)
+            self._accept(live, live.machine, index, message)
         if live.ready():
             self._advance(live)
 
-    def _stop_waiting(self, live: ChronosEpoch, index: int) -> None:
+    def _stop_waiting(self, live: ChronosEpoch, index: int, why: str) -> None:
+        """A node declined this step or left: stop waiting for it (advance if all answered)."""
         if live.machine is None:
             live.refused.add(index)
         elif index in live.machine.pending():
             live.machine.drop(index)
             self._log(live, "reject", index, None)
+        if live.ready():
+            self._advance(live)
 
     def _accept_join(
         self, live: ChronosEpoch, index: int, device_id: str, device_pk: bytes, payload: bytes
@@ -210,17 +197,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
 
     # ---- the clock ------------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Advance on deadlines, open rounds of the epoch, finish epochs, open new ones."""
-        with self._lock:
-            if not self.draining:
-                self._guarded("tick", self._tick, raise_=False)
-
-    def _tick(self) -> None:
-        now = self._clock()
-        if self.health.blocked(now):
-            return
-        self._flush_audits()
+    def _on_tick(self, now: float) -> None:
         if self._abandoned:
             self._abort_open(now, WRITE_ABORT)
             self._abandoned = False
@@ -257,7 +234,8 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self._log(live, "advance", None, None)
         if out:
             tasks = {
-                i: ChronosTask(epoch=live.epoch, message=cm.encode(msg)) for i, msg in out.items()
+                i: ChronosTask(epoch=live.epoch, part=ChronosStep(message=cm.encode(msg)))
+                for i, msg in out.items()
             }
             self._send(live, tasks, now)
         elif live.in_round:
@@ -280,21 +258,14 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
 
     # ---- epochs ---------------------------------------------------------------------------------
 
-    def _completed_rounds(self) -> int:
-        with self._factory() as db:
-            return repos.count_rounds(db, "COMPLETED")
-
     def _maybe_open(self, now: float) -> None:
+        left = self._rounds_left()
         rounds = self.settings.chronos_rounds_per_epoch
-        if self.settings.max_rounds:
-            rounds = min(rounds, self.settings.max_rounds - self._completed_rounds())
-            if rounds <= 0:
-                return
-        with self._factory() as db:
-            devices = self.sample(db, now)
-            first = repos.next_round_id(db)
-        if len(devices) < max(self.settings.min_clients, 2):
+        rounds = rounds if left is None else min(rounds, left)
+        cohort = self._cohort(now) if rounds > 0 else None
+        if cohort is None:
             return
+        devices, first = cohort
         version, _ = self._models.latest()
         ids = {d.client_index: d.id for d in devices}
         with self._factory() as db, db.begin():
@@ -314,7 +285,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         join = {
             i: ChronosTask(
                 epoch=first,
-                join=ChronosJoin(
+                part=ChronosJoin(
                     client_index=i,
                     mode=self.mode,
                     signature_scheme=self._scheme.value,
@@ -365,7 +336,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             if row is not None:
                 row.config = cm.encode(cfg)
         setup = ChronosSetup(config=cfg, directory=dict(sorted(live.entries.items())))
-        tasks = {u: ChronosTask(epoch=live.epoch, setup=setup) for u in participants}
+        tasks = {u: ChronosTask(epoch=live.epoch, part=setup) for u in participants}
         self._send(live, tasks, now)
 
     def _end_epoch(self, live: ChronosEpoch, now: float, abort: str | None) -> None:
@@ -416,7 +387,7 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
             deadline=deadline,
         )
         tasks = {
-            u: ChronosTask(epoch=live.epoch, message=cm.encode(msg), round=info)
+            u: ChronosTask(epoch=live.epoch, part=ChronosStep(message=cm.encode(msg), round=info))
             for u, msg in out.items()
         }
         self._send(live, tasks, now, self.settings.training_timeout_s)
@@ -433,43 +404,16 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self, live: ChronosEpoch, machine: ChronosServer, now: float, abort: str | None
     ) -> None:
         result = result_of(machine.results, live.round_id)
-        total = result.total if result is not None and abort is None else None
-        version = None
-        decoded = self.decode(total) if total is not None else None
-        if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
-            abort, total, decoded = decoded, None, None
-        with self._factory() as db, db.begin():
-            row = db.get(Round, live.round_id)
-            assert row is not None
-            row.state = "COMPLETED" if total is not None else "ABORTED"
-            row.closed_at, row.abort_reason = now, abort
-            conduct.set_culprits(db, live.round_id, machine.culprits)
-            if total is not None and decoded is not None and result is not None:
-                conduct.set_survivors(db, live.round_id, result.survivors)
-                row.result = total.tobytes()
-                weighted, weight = decoded
-                version = self._models.apply_fedavg(db, weighted, weight, live.round_id, now)
-        live.in_round, live.outbox = False, {}
-        self._last_close = now
-        self.generation += 1
-        payload: dict[str, str | int | float | bool | None] = {
-            "round": live.round_id,
-            "epoch": live.epoch,
-            "survivors": len(result.survivors) if result is not None else 0,
-            "model_version": version,
-            "abort": abort,
-        }
-        if total is not None:
-            payload["sum_sha256"] = hashlib.sha256(total.tobytes()).hexdigest()
-        events.round_closed(
-            live.round_id,
-            "COMPLETED" if total is not None else "ABORTED",
-            survivors=result.survivors if result is not None and total is not None else (),
-            model_version=version,
+        end = RoundEnd(
+            round_id=live.round_id,
+            total=result.total if result is not None and abort is None else None,
+            survivors=tuple(result.survivors) if result is not None else (),
+            culprits=dict(machine.culprits),
             abort=abort,
-            accuracy=self._accuracy(version),
+            audit={"epoch": live.epoch},
         )
-        self._audit("round_complete" if total is not None else "round_abort", payload, now)
+        self._end_round(end, now)
+        live.in_round, live.outbox = False, {}
         if machine.state is not State.ON_IDLE:
             self._end_epoch(live, now, abort=None if machine.state is State.EPOCH_OVER else abort)
 
@@ -488,6 +432,6 @@ class ChronosCoordinator(CoordinatorBase[ChronosEpoch]):
         self.health.ok(now)
         for round_id in aborted:
             log.warning("aborting an interrupted round", extra={"round": round_id})
-            events.round_closed(round_id, "ABORTED", survivors=(), model_version=None, abort=reason)
+            events.round_closed(round_id, ABORTED, survivors=(), model_version=None, abort=reason)
             self._audit("round_abort", {"round": round_id, "abort": reason}, now)
         self._last_close = now

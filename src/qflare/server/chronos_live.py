@@ -6,17 +6,10 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
-from qflare.crypto import CryptoError, SignatureScheme, verify_signature
 from qflare.protocol.chronos import ChronosServer, RoundResult, State
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
 from qflare.protocol.identity import EndorsedKey
-from qflare.protocol.wire import (
-    UPDATE_CONTEXT,
-    ChronosTask,
-    SignedResult,
-    Task,
-    result_transcript,
-)
+from qflare.protocol.wire import ChronosTask, SignedResult, Task
 from qflare.store.models import Round
 
 _COLLECTING = frozenset(
@@ -99,9 +92,13 @@ class ChronosEpoch:
         return Task(
             round_id=self.round_id,
             step=self.step,
-            chronos=payload,
+            body=payload,
             step_timeout_s=self.step_timeout_s,
         )
+
+    def state_name(self) -> str:
+        """The epoch machine's state (``JOIN`` before it exists), for errors and logs."""
+        return self.machine.state.value if self.machine is not None else "JOIN"
 
     def next_seq(self) -> int:
         """Reserve the next event-log sequence number."""
@@ -145,38 +142,21 @@ def result_of(results: list[RoundResult], round_id: int) -> RoundResult | None:
     return next((r for r in reversed(results) if r.round_id == round_id), None)
 
 
-def verified_index(
-    live: ChronosEpoch | None,
-    scheme: SignatureScheme,
-    device_id: str,
-    result: SignedResult,
-    identity_pk: bytes,
-) -> int:
-    """The client index of a result that answers the current step with a valid signature.
+def step_index(live: ChronosEpoch | None, device_id: str, result: SignedResult) -> int:
+    """The client index of a result that names the current epoch, round and step.
 
     Raises:
-        RemoteProtocolError: wrong epoch, round or step (409), bad signature (401).
+        RemoteProtocolError: wrong epoch, round or step (409).
     """
     if live is None or device_id not in live.index_of or result.device_id != device_id:
         raise RemoteProtocolError("no such epoch for this device", state="NONE", http_status=409)
-    state = live.machine.state.value if live.machine is not None else "JOIN"
-    index = live.index_of[device_id]
     if result.round_id != live.round_id or result.step != live.step:
         raise RemoteProtocolError(
-            f"step {result.step} is not the current step {live.step}", state=state, http_status=409
+            f"step {result.step} is not the current step {live.step}",
+            state=live.state_name(),
+            http_status=409,
         )
-    transcript = result_transcript(device_id, result.round_id, result.step, result.message)
-    try:
-        verify_signature(scheme, identity_pk, result.signature, transcript, context=UPDATE_CONTEXT)
-    except CryptoError as exc:
-        raise RemoteProtocolError(
-            "result signature does not verify",
-            state=state,
-            client=index,
-            reason=AbortReason.BAD_SIGNATURE,
-            http_status=401,
-        ) from exc
-    return index
+    return live.index_of[device_id]
 
 
 def malformed(state: str, index: int, exc: Exception) -> RemoteProtocolError:

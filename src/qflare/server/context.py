@@ -13,8 +13,7 @@ from qflare.crypto import MlDsa65Signer, Rng
 from qflare.ledger import Ledger
 from qflare.protocol.identity import AuthorityKey
 from qflare.server.authority_client import AuthorityClient
-from qflare.server.chronos_coordinator import ChronosCoordinator
-from qflare.server.coordinator import Coordinator
+from qflare.server.drivers import RoundDriver
 from qflare.server.limits import BodyLimits, Inflight, RateLimiter
 from qflare.server.model import ModelStore
 from qflare.server.sessions import SessionTable
@@ -37,7 +36,7 @@ class ServerContext:
     factory: sessionmaker[Session]
     identity: MlDsa65Signer
     sessions: SessionTable
-    coordinator: Coordinator | ChronosCoordinator
+    coordinator: RoundDriver
     ledger: Ledger
     cosigner: Cosigner
     models: ModelStore

@@ -17,7 +17,6 @@ with a reason (also the newest one when the global model has moved on since it o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 
 import msgspec
@@ -27,13 +26,13 @@ from sqlalchemy.orm import Session
 from qflare.protocol import messages as m
 from qflare.protocol.errors import AbortReason, ProtocolError, RemoteProtocolError
 from qflare.protocol.secagg import State
-from qflare.protocol.wire import SignedResult, decode_notice
+from qflare.protocol.wire import SignedResult
 from qflare.server import events
 from qflare.server.chronos_live import abort_row
-from qflare.server.coordinator_base import CoordinatorBase
+from qflare.server.coordinator_base import ABORTED, CoordinatorBase, RoundEnd
 from qflare.server.live import LiveRound
 from qflare.server.round_replay import build_live, load_round
-from qflare.store import conduct, repos
+from qflare.store import repos
 from qflare.store.db import DatabaseUnavailable
 from qflare.store.models import Round
 
@@ -56,42 +55,27 @@ class Coordinator(CoordinatorBase[LiveRound]):
 
     _restore: tuple[int, float] | None = None  # (round, deadline) to rebuild after a failure
 
-    # ---- results --------------------------------------------------------------------------------
+    # ---- results ----------------------------------------------------------------------------------
 
-    def submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
-        """Verify a signed result and feed it to the round's machine, persisting it first.
+    def _unavailable(self, now: float) -> bool:
+        """The database is down, or the round a failed write left behind is not rebuilt yet."""
+        if self.health.blocked(now) or self._restore is not None:
+            self._retry_restore(now)
+        return self.health.blocked(now) or self._restore is not None
 
-        Raises:
-            RemoteProtocolError: wrong round or step (409), bad signature (401), malformed or
-                rejected protocol message (400).
-            DatabaseUnavailable: the database refused the write (503; retry later).
-        """
-        with self._lock:
-            now = self._clock()
-            if self.health.blocked(now) or self._restore is not None:
-                self._retry_restore(now)
-                if self.health.blocked(now) or self._restore is not None:
-                    raise self.health.unavailable(now)
-            self._guarded(
-                "result", lambda: self._submit(device_id, result, identity_pk), raise_=True
-            )
-
-    def _submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
-        notice = decode_notice(result.message)
-        if notice is not None and notice.kind == "leaving":
-            index = self.leaving(device_id, result, identity_pk, notice)
-            if self._live is not None and index is not None:
-                self._stop_waiting(self._live, index, "left: " + notice.reason)
-            return
+    def _verified(
+        self, device_id: str, result: SignedResult, identity_pk: bytes
+    ) -> tuple[LiveRound, int]:
         live = self._require_step(device_id, result)
         index = live.index_of[device_id]
         self.verify_result(device_id, result, identity_pk, live.machine.state.value, index)
-        if notice is not None:
-            self.notice(device_id, notice.kind, notice.reason, notice.detail)
-            self._stop_waiting(live, index, f"{notice.kind}: {notice.reason}")
-            return
+        return live, index
+
+    def _accept_result(
+        self, live: LiveRound, index: int, device_id: str, identity_pk: bytes, message: bytes
+    ) -> None:
         try:
-            msg = m.decode_client(result.message)
+            msg = m.decode_client(message)
         except msgspec.MsgspecError as exc:
             raise RemoteProtocolError(
                 f"malformed protocol message: {exc}",
@@ -180,17 +164,7 @@ class Coordinator(CoordinatorBase[LiveRound]):
 
     # ---- the clock ------------------------------------------------------------------------------
 
-    def tick(self) -> None:
-        """Advance on deadlines, finish rounds, open new ones (database errors are logged)."""
-        with self._lock:
-            if not self.draining:
-                self._guarded("tick", self._tick, raise_=False)
-
-    def _tick(self) -> None:
-        now = self._clock()
-        if self.health.blocked(now):
-            return
-        self._flush_audits()
+    def _on_tick(self, now: float) -> None:
         if self._restore is not None:
             self._retry_restore(now)
             return
@@ -227,13 +201,11 @@ class Coordinator(CoordinatorBase[LiveRound]):
     # ---- opening and closing --------------------------------------------------------------------
 
     def _maybe_open(self, now: float) -> None:
-        if self.settings.max_rounds and self._completed_rounds() >= self.settings.max_rounds:
+        left = self._rounds_left()
+        cohort = self._cohort(now) if left is None or left > 0 else None
+        if cohort is None:
             return
-        with self._factory() as db:
-            devices = self.sample(db, now)
-            round_id = repos.next_round_id(db)
-        if len(devices) < max(self.settings.min_clients, 2):
-            return
+        devices, round_id = cohort
         model = self._models.latest()
         n = len(devices)
         k, t = self.graph_params(n)
@@ -269,70 +241,21 @@ class Coordinator(CoordinatorBase[LiveRound]):
             now,
         )
 
-    def _completed_rounds(self) -> int:
-        with self._factory() as db:
-            return repos.count_rounds(db, State.COMPLETED.value)
-
     def _close(
         self, live: LiveRound, now: float, abort: str | None, *, advanced: bool = False
     ) -> None:
         """Write the round's end (with its last advance) in one transaction, then forget it."""
-        result = live.machine.result if abort is None else None
-        decoded = self.decode(result) if result is not None else None
-        if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
-            abort, result, decoded = decoded, None, None
-        state = State.COMPLETED.value if result is not None else State.ABORTED.value
-
-        def write(db: Session) -> int | None:
-            if advanced:
-                self._log(db, live, "advance", None, None)
-            row = db.get(Round, live.round_id)
-            assert row is not None
-            row.state, row.closed_at, row.abort_reason = state, now, abort
-            conduct.set_culprits(db, live.round_id, live.machine.culprits)
-            if result is None or decoded is None:
-                return None
-            conduct.set_survivors(db, live.round_id, live.machine.survivors)
-            row.result = result.tobytes()
-            return self._models.apply_fedavg(db, decoded[0], decoded[1], live.round_id, now)
-
-        version = self._commit("round close", write)
-        self._live = None
-        self._last_close = now
-        self.generation += 1
-        self._closed(live, now, state, abort, version, result)
-
-    def _closed(
-        self,
-        live: LiveRound,
-        now: float,
-        state: str,
-        abort: str | None,
-        version: int | None,
-        result: object,
-    ) -> None:
-        """Log and audit a round that was just closed."""
         machine = live.machine
-        events.round_closed(
-            live.round_id,
-            state,
-            survivors=machine.survivors if abort is None else (),
-            model_version=version,
+        end = RoundEnd(
+            round_id=live.round_id,
+            total=machine.result if abort is None else None,
+            survivors=machine.survivors,
+            culprits=dict(machine.culprits),
             abort=abort,
-            accuracy=self._accuracy(version),
         )
-        payload: dict[str, str | int | float | bool | None] = {
-            "round": live.round_id,
-            "state": state,
-            "survivors": len(machine.survivors),
-            "model_version": version,
-            "abort": abort,
-        }
-        if machine.culprits:
-            payload["culprits"] = ",".join(str(c) for c in sorted(machine.culprits))
-        if machine.result is not None and abort is None:
-            payload["sum_sha256"] = hashlib.sha256(machine.result.tobytes()).hexdigest()
-        self._audit("round_complete" if abort is None else "round_abort", payload, now)
+        also = (lambda db: self._log(db, live, "advance", None, None)) if advanced else None
+        self._end_round(end, now, also=also)
+        self._live = None
 
     # ---- failures and recovery ------------------------------------------------------------------
 
@@ -414,8 +337,6 @@ class Coordinator(CoordinatorBase[LiveRound]):
             return [(i, why) for i, why in rounds if abort_row(db, i, now, why[:200])]
 
         for round_id, why in self._commit("abort open rounds", write):
-            events.round_closed(
-                round_id, State.ABORTED.value, survivors=(), model_version=None, abort=why
-            )
+            events.round_closed(round_id, ABORTED, survivors=(), model_version=None, abort=why)
             self._audit("round_abort", {"round": round_id, "abort": why[:200]}, now)
         self._last_close = now

@@ -1,4 +1,12 @@
-"""What every round driver shares: settings, stores, the lock, who polled, and task lookup.
+"""What every round driver shares: the round lifecycle, settings, stores, the lock, who polled.
+
+:class:`CoordinatorBase` owns what does not depend on the protocol: results come in through
+:meth:`~CoordinatorBase.submit` (signature, ``leaving`` and ``declined`` notices, then the
+protocol's hook), the clock through :meth:`~CoordinatorBase.tick`, and a round ends through
+:meth:`~CoordinatorBase._end_round` (dequantise, refuse a wrapped sum, apply the update to the
+global model, close the round row, log and audit it). A protocol's driver plugs in with small
+hooks: which step a result answers, how a message is accepted, how to stop waiting for a node,
+what the clock does, and what to drop after a failed write.
 
 Also the database discipline both drivers follow: every write goes through :meth:`_commit`
 (one transaction; a failure calls :meth:`_lost` so the driver drops whatever it changed in
@@ -10,9 +18,12 @@ accepted whatever round it names.
 from __future__ import annotations
 
 import collections
+import copy
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -21,19 +32,29 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from qflare.crypto import CryptoError, RingVector, Rng, SignatureScheme, verify_signature
+from qflare.fl.strategy import AggregateResult, Strategy, build_strategy
 from qflare.ledger import Ledger
 from qflare.ledger.entry import PayloadValue
 from qflare.protocol.errors import AbortReason, RemoteProtocolError
 from qflare.protocol.graph import complete_threshold, find_params
+from qflare.protocol.names import ProtocolName
 from qflare.protocol.quantize import QuantConfig, RingOverflowError, dequantize
-from qflare.protocol.wire import UPDATE_CONTEXT, Notice, SignedResult, Task, result_transcript
+from qflare.protocol.wire import (
+    UPDATE_CONTEXT,
+    Notice,
+    SignedResult,
+    Task,
+    decode_notice,
+    result_transcript,
+)
+from qflare.server import events
 from qflare.server.evaluation import TestAccuracy
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
 from qflare.server.store_health import StoreHealth
 from qflare.store import conduct, repos
 from qflare.store.db import DatabaseUnavailable
-from qflare.store.models import Device
+from qflare.store.models import Device, Round
 
 log = logging.getLogger("qflare.server")
 T = TypeVar("T")
@@ -41,6 +62,28 @@ T = TypeVar("T")
 # as soon as a poll ends, so a node that stopped polling for longer is gone (or stuck).
 LIVE_GRACE_S = 10.0
 Payload = dict[str, PayloadValue]
+COMPLETED, ABORTED = "COMPLETED", "ABORTED"  # a closed round row's state, whatever the protocol
+
+
+@dataclass(frozen=True)
+class RoundEnd:
+    """How a protocol machine ended one round.
+
+    Attributes:
+        round_id: The round.
+        total: The exact sum of the survivors' inputs; ``None`` if the round failed.
+        survivors: Clients whose inputs are in ``total`` (or would have been).
+        culprits: Clients the round found misbehaving (client index -> what they did).
+        abort: Why the round failed, if it did.
+        audit: Protocol facts for the audit entry (e.g. the CHRONOS epoch).
+    """
+
+    round_id: int
+    total: RingVector | None
+    survivors: tuple[int, ...]
+    culprits: dict[int, str]
+    abort: str | None
+    audit: Payload = field(default_factory=dict)
 
 
 class LiveState(Protocol):
@@ -90,6 +133,9 @@ class CoordinatorBase(Generic[L]):
         self.draining = False  # shutting down: the clock stops, so nothing times out meanwhile
         self._evaluator = TestAccuracy(models) if settings.evaluate else None
         self._audits: collections.deque[tuple[str, Payload, float]] = collections.deque()
+        # The server optimiser. Adaptive moments (FedAdam, FedYogi, FedAdagrad) live in memory:
+        # a restarted server starts them afresh from the stored model.
+        self.strategy: Strategy = build_strategy(settings.strategy, settings.strategy_params)
 
     @property
     def live(self) -> L | None:
@@ -136,7 +182,7 @@ class CoordinatorBase(Generic[L]):
         s = self.settings
         if s.k is not None and s.t is not None:
             return min(s.k, n), min(s.t, n)
-        if s.protocol != "secagg+":
+        if not ProtocolName(s.protocol).sparse_graph:  # (model_copy does not validate)
             return n, min(n, complete_threshold(n, s.corrupt_fraction))
         try:
             p = find_params(n, s.corrupt_fraction, s.dropout_estimate)
@@ -281,6 +327,158 @@ class CoordinatorBase(Generic[L]):
                 return
             self._audits.popleft()
             self.health.ok(self._clock())
+
+    # ---- the round lifecycle --------------------------------------------------------------------
+
+    def submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
+        """Verify a signed result and feed it to the round in progress.
+
+        Raises:
+            RemoteProtocolError: wrong round or step (409), bad signature (401), malformed or
+                rejected protocol message (400).
+            DatabaseUnavailable: the database refused the write (503; retry later).
+        """
+        with self._lock:
+            now = self._clock()
+            if self._unavailable(now):
+                raise self.health.unavailable(now)
+            self._guarded(
+                "result", lambda: self._submit(device_id, result, identity_pk), raise_=True
+            )
+
+    def _submit(self, device_id: str, result: SignedResult, identity_pk: bytes) -> None:
+        notice = decode_notice(result.message)
+        if notice is not None and notice.kind == "leaving":
+            index = self.leaving(device_id, result, identity_pk, notice)
+            live = self._live
+            if live is not None and index is not None:
+                self._stop_waiting(live, index, "left: " + notice.reason)
+            return
+        live, index = self._verified(device_id, result, identity_pk)
+        if notice is not None:
+            self.notice(device_id, notice.kind, notice.reason, notice.detail)
+            self._stop_waiting(live, index, f"{notice.kind}: {notice.reason}")
+            return
+        self._accept_result(live, index, device_id, identity_pk, result.message)
+
+    def tick(self) -> None:
+        """Advance on deadlines, finish rounds, open new ones (database errors are logged)."""
+        with self._lock:
+            if not self.draining:
+                self._guarded("tick", self._tick, raise_=False)
+
+    def _tick(self) -> None:
+        now = self._clock()
+        if self.health.blocked(now):
+            return
+        self._flush_audits()
+        self._on_tick(now)
+
+    def _completed_rounds(self) -> int:
+        with self._factory() as db:
+            return repos.count_rounds(db, COMPLETED)
+
+    def _rounds_left(self) -> int | None:
+        """Rounds still to complete under ``max_rounds`` (``None``: no limit)."""
+        if not self.settings.max_rounds:
+            return None
+        return self.settings.max_rounds - self._completed_rounds()
+
+    def _cohort(self, now: float) -> tuple[list[Device], int] | None:
+        """The devices to sample for a new round and its id; ``None`` if too few are live."""
+        with self._factory() as db:
+            devices = self.sample(db, now)
+            round_id = repos.next_round_id(db)
+        if len(devices) < max(self.settings.min_clients, 2):
+            return None
+        return devices, round_id
+
+    def _end_round(
+        self, end: RoundEnd, now: float, *, also: Callable[[Session], None] | None = None
+    ) -> int | None:
+        """Close round ``end.round_id`` in one transaction (with ``also``), then log and audit it.
+
+        A sum that may have wrapped is refused (the round aborts) rather than applied. Returns
+        the new model version, if the round moved the model.
+
+        Raises:
+            DatabaseUnavailable: the round could not be closed (:meth:`_lost` has run).
+        """
+        total, abort = end.total, end.abort
+        decoded = self.decode(total) if total is not None else None
+        if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
+            abort, total, decoded = decoded, None, None
+        state = COMPLETED if total is not None else ABORTED
+        strategy = copy.deepcopy(self.strategy)  # its moments move only if the close commits
+
+        def write(db: Session) -> int | None:
+            if also is not None:
+                also(db)
+            row = db.get(Round, end.round_id)
+            assert row is not None
+            row.state, row.closed_at, row.abort_reason = state, now, abort
+            conduct.set_culprits(db, end.round_id, end.culprits)
+            if total is None or decoded is None:
+                return None
+            conduct.set_survivors(db, end.round_id, end.survivors)
+            row.result = total.tobytes()
+            result = AggregateResult(decoded[0], float(decoded[1]), len(end.survivors))
+            return self._models.apply(db, strategy, result, end.round_id, now)
+
+        version = self._commit("round close", write)
+        self.strategy = strategy
+        self._last_close = now
+        self.generation += 1
+        events.round_closed(
+            end.round_id,
+            state,
+            survivors=end.survivors if total is not None else (),
+            model_version=version,
+            abort=abort,
+            accuracy=self._accuracy(version),
+        )
+        payload: Payload = {
+            "round": end.round_id,
+            "state": state,
+            "survivors": len(end.survivors),
+            "model_version": version,
+            "abort": abort,
+            **end.audit,
+        }
+        if end.culprits:
+            payload["culprits"] = ",".join(str(c) for c in sorted(end.culprits))
+        if total is not None:
+            payload["sum_sha256"] = hashlib.sha256(total.tobytes()).hexdigest()
+        self._audit("round_complete" if total is not None else "round_abort", payload, now)
+        return version
+
+    # ---- protocol hooks -------------------------------------------------------------------------
+
+    def _unavailable(self, now: float) -> bool:
+        """Whether results must wait (503): the database, or the round, is not usable now."""
+        return self.health.blocked(now)
+
+    def _verified(self, device_id: str, result: SignedResult, identity_pk: bytes) -> tuple[L, int]:
+        """The live round and the sender's index, for a validly signed result of this step.
+
+        Raises:
+            RemoteProtocolError: wrong round or step (409), bad signature (401).
+        """
+        raise NotImplementedError
+
+    def _accept_result(
+        self, live: L, index: int, device_id: str, identity_pk: bytes, message: bytes
+    ) -> None:
+        """Feed a verified protocol message to the round (and advance when it is ready)."""
+        raise NotImplementedError
+
+    def _stop_waiting(self, live: L, index: int, why: str) -> None:
+        """A node declined the round or left: stop waiting for it (and advance if ready)."""
+        raise NotImplementedError
+
+    def _on_tick(self, now: float) -> None:
+        """What the clock does when the database works: advance, close, open."""
+        raise NotImplementedError
 
     def task_for(self, device_id: str) -> Task | None:
         """The device's pending task, if any."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from qflare.protocol import messages as m
 from qflare.protocol.secagg import SecAggServer, State
-from qflare.protocol.wire import RoundStart, Task
+from qflare.protocol.wire import SecAggStart, SecAggStep, Task
 
 
 @dataclass
@@ -19,7 +19,7 @@ class LiveRound:
         machine: The sans-IO SecAgg server.
         devices: Client index -> device id.
         identities: Client index -> identity public key.
-        start: Client index -> its RoundStart task payload.
+        start: Client index -> its round-start task body.
         step: Protocol step (0 = advertise keys; +1 per advance).
         deadline: When silent clients of this step become dropouts.
         outbox: Client index -> encoded server message for the current step.
@@ -35,7 +35,7 @@ class LiveRound:
     machine: SecAggServer
     devices: dict[int, str]
     identities: dict[int, bytes]
-    start: dict[int, RoundStart]
+    start: dict[int, SecAggStart]
     step: int = 0
     deadline: float = 0.0
     outbox: dict[int, bytes] = field(default_factory=dict)
@@ -58,12 +58,17 @@ class LiveRound:
         timeout = self.step_timeout_s
         if self.step == 0:
             return Task(
-                round_id=self.round_id, step=0, start=self.start[index], step_timeout_s=timeout
+                round_id=self.round_id, step=0, body=self.start[index], step_timeout_s=timeout
             )
         message = self.outbox.get(index)
         if message is None:
             return None
-        return Task(round_id=self.round_id, step=self.step, message=message, step_timeout_s=timeout)
+        return Task(
+            round_id=self.round_id,
+            step=self.step,
+            body=SecAggStep(message=message),
+            step_timeout_s=timeout,
+        )
 
     @property
     def terminal(self) -> bool:

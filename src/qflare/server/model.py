@@ -1,4 +1,4 @@
-"""The global model: initial weights from the FL layer, FedAvg on each round's secure sum."""
+"""The global model: initial weights from the FL layer, a strategy step on each round's sum."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy.orm import Session, sessionmaker
 
+from qflare.fl.strategy import AggregateResult, Strategy
 from qflare.store import repos
 from qflare.store.models import ModelVersion
 
@@ -68,20 +69,18 @@ class ModelStore:
                 raise LookupError(f"model version {version} not stored")
             return np.frombuffer(row.weights, dtype=np.float32).copy()
 
-    def apply_fedavg(
-        self,
-        db: Session,
-        weighted_sum: npt.NDArray[np.float64],
-        total_weight: int,
-        round_id: int,
-        now: float,
+    def apply(
+        self, db: Session, strategy: Strategy, result: AggregateResult, round_id: int, now: float
     ) -> int:
-        """New version = latest + weighted mean delta (inside the caller's transaction)."""
+        """New version = ``strategy.apply(latest, result)`` (inside the caller's transaction).
+
+        An empty aggregate (no weight) leaves the model where it is.
+        """
         row = repos.latest_model(db)
         assert row is not None
-        current = np.frombuffer(row.weights, dtype=np.float32)
-        if total_weight <= 0:
+        if result.empty:
             return row.version
-        new = (current + weighted_sum / total_weight).astype(np.float32)
+        current = np.frombuffer(row.weights, dtype=np.float32)
+        new = np.asarray(strategy.apply(current, result), dtype=np.float32)
         repos.put_model(db, row.version + 1, new.tobytes(), now, round_id)
         return row.version + 1

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from qflare.protocol import messages as m
 from qflare.protocol.errors import ProtocolError
 from qflare.protocol.secagg import SecAggServer, State
-from qflare.protocol.wire import RoundStart
+from qflare.protocol.wire import SecAggStart
 from qflare.server.live import LiveRound
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
@@ -39,7 +39,7 @@ def build_live(
     model: tuple[int, npt.NDArray[np.float32]],
     deadline: float,
 ) -> LiveRound:
-    """A round at step 0: the machine, and each device's :class:`RoundStart` task.
+    """A round at step 0: the machine, and each device's :class:`SecAggStart` task.
 
     Args:
         settings: Server settings (quantisation, seed restarts, step timeout).
@@ -53,7 +53,7 @@ def build_live(
     identities = {i: pk for i, (pk, _) in keys.items()}
     certificates = {i: cert for i, (_, cert) in keys.items()}
     starts = {
-        i: RoundStart(
+        i: SecAggStart(
             config=cfg,
             client_index=i,
             certificates=certificates,

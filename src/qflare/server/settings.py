@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qflare.fl.strategy import build_strategy
+from qflare.protocol.names import ProtocolName
+
 TRAIN_STEPS = 3  # the training step's default deadline, in step timeouts
 
 
@@ -28,6 +31,11 @@ class ServerSettings(BaseSettings):
         signature_scheme: Identity scheme of the server and devices.
         protocol: ``secagg+`` (sparse Harary graph, finder's k and t), ``secagg`` (complete
             graph), or ``chronos`` / ``chronos-dm`` (epochs: offline setup once, then rounds).
+        strategy: Server optimiser applied to each round's aggregate: ``fedavg`` (McMahan et
+            al.), or ``fedadagrad`` / ``fedadam`` / ``fedyogi`` (Reddi et al.); the adaptive
+            ones keep their moments in memory, so they start afresh after a server restart.
+        strategy_params: The strategy's parameters: ``eta`` (all), ``beta1``, ``beta2``,
+            ``tau`` (adaptive ones).
         chronos_rounds_per_epoch: Rounds of one CHRONOS epoch.
         chronos_keystores: ``enclave`` (default): only keystores in an attested enclave join
             CHRONOS epochs; ``software``: keystores in the node process are admitted too (no
@@ -110,7 +118,9 @@ class ServerSettings(BaseSettings):
     dev: bool = False
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     signature_scheme: str = "mldsa65"
-    protocol: Literal["secagg+", "secagg", "chronos", "chronos-dm"] = "secagg+"
+    protocol: ProtocolName = ProtocolName.SECAGG_PLUS
+    strategy: Literal["fedavg", "fedadagrad", "fedadam", "fedyogi"] = "fedavg"
+    strategy_params: dict[str, float] = Field(default_factory=dict)
     chronos_rounds_per_epoch: int = Field(default=10, ge=1)
     chronos_keystores: Literal["enclave", "software"] = "enclave"
     attestation_roots: list[Path] = []
@@ -169,6 +179,11 @@ class ServerSettings(BaseSettings):
     def training_timeout_s(self) -> float:
         """The deadline of the training step (``train_timeout_s`` or its default)."""
         return self.train_timeout_s or TRAIN_STEPS * self.step_timeout_s
+
+    @model_validator(mode="after")
+    def _check_strategy(self) -> ServerSettings:
+        build_strategy(self.strategy, self.strategy_params)  # ValueError: a wrong parameter
+        return self
 
     @model_validator(mode="after")
     def _check_witnesses(self) -> ServerSettings:

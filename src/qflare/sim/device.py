@@ -1,25 +1,45 @@
 """A simulated edge device for in-process drivers (tests, benchmarks): protocol logic only.
 
-It answers the server's tasks exactly as ``qflare node`` does — train (here: a given update
-function), quantise, run its :class:`SecAggClient`, sign the result — without any transport.
+It answers the server's tasks with the same participant as ``qflare node``
+(:class:`~qflare.participant.secagg.SecAggParticipant`: train -- here a given update function
+--, quantise, run the client machine, sign the result), without any transport: an answer counts
+as delivered as soon as it is returned.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from qflare.crypto import RingVector, Rng, SignatureScheme, Signer
-from qflare.protocol import messages as m
-from qflare.protocol.identity import AuthorityKey, CertificateCache, IdentityDirectory
-from qflare.protocol.quantize import QuantConfig, quantize
-from qflare.protocol.secagg import RoundRegistry, SecAggClient
-from qflare.protocol.wire import UPDATE_CONTEXT, SignedResult, Task, result_transcript
+from qflare.crypto import Rng, Signer
+from qflare.participant.base import FloatVector, ResultSigner, RunReport
+from qflare.participant.secagg import SecAggParticipant
+from qflare.protocol.identity import AuthorityKey, CertificateCache
+from qflare.protocol.secagg import RoundRegistry
+from qflare.protocol.wire import SignedResult, Task
+
+__all__ = ["SimDevice", "UnansweredError", "UpdateFn"]
 
 UpdateFn = Callable[[npt.NDArray[np.float32], int], tuple[npt.NDArray[np.float32], int]]
 """(global weights, round id) -> (delta, weight)."""
+
+
+class UnansweredError(Exception):
+    """The device answered nothing: it left the round (the reason is in its log and report)."""
+
+
+@dataclass(frozen=True)
+class _UpdateTrainer:
+    """An :data:`UpdateFn` as a :class:`~qflare.participant.base.Trainer`."""
+
+    update: UpdateFn
+
+    def train(self, weights: FloatVector, round_id: int) -> tuple[FloatVector, int]:
+        return self.update(weights, round_id)
 
 
 class SimDevice:
@@ -32,6 +52,7 @@ class SimDevice:
         rng: Randomness for keys, masks and rounding.
         authority: The enrollment authority key the device pinned.
         cache: Verified certificates (shared by the simulated devices of a process).
+        clock: Wall-clock time (training deadline warnings).
     """
 
     def __init__(
@@ -42,54 +63,30 @@ class SimDevice:
         rng: Rng,
         authority: AuthorityKey,
         cache: CertificateCache | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.device_id, self.signer, self._update, self._rng = device_id, signer, update, rng
-        self._authority, self._cache = authority, cache or CertificateCache()
+        self.device_id, self.signer = device_id, signer
         self.registry = RoundRegistry()
-        self.client: SecAggClient | None = None
-        self._input: RingVector | None = None
-
-    def _start(self, task: Task) -> m.ClientMessage:
-        assert task.start is not None
-        s = task.start
-        weights = np.frombuffer(s.weights, dtype=np.float32)
-        delta, weight = self._update(weights, task.round_id)
-        self._input = quantize(
-            delta, weight, QuantConfig(s.clip, 32, s.max_total_weight), self._rng
+        self.report = RunReport()
+        self.participant = SecAggParticipant(
+            ResultSigner(device_id, signer),
+            _UpdateTrainer(update),
+            rng,
+            authority,
+            self.registry,
+            self.report,
+            clock=clock,
+            cache=cache or CertificateCache(),
         )
-        directory = IdentityDirectory(
-            self._authority,
-            s.certificates,
-            scheme=SignatureScheme(s.config.signature_scheme),
-            cache=self._cache,
-        )
-        self.client = SecAggClient(
-            s.config, s.client_index, self.signer, directory, self._rng, self.registry
-        )
-        return self.client.start()
 
     def handle(self, task: Task) -> SignedResult:
-        """Answer one task with a signed result.
+        """Answer one task with a signed result (a declined round: a signed notice).
 
         Raises:
-            ProtocolError: the client machine rejected the server's message.
+            UnansweredError: the device dropped the round or ignored the task (stale, foreign).
         """
-        if task.start is not None:
-            msg = self._start(task)
-        else:
-            assert self.client is not None and task.message is not None
-            server_msg = m.decode_server(task.message)
-            if isinstance(server_msg, m.ShareRelay) and self._input is not None:
-                self.client.set_input(self._input)
-                self._input = None
-            msg = self.client.receive(server_msg)
-        data = m.encode(msg)
-        transcript = result_transcript(self.device_id, task.round_id, task.step, data)
-        sig = self.signer.sign(transcript, context=UPDATE_CONTEXT)
-        return SignedResult(
-            device_id=self.device_id,
-            round_id=task.round_id,
-            step=task.step,
-            message=data,
-            signature=sig,
-        )
+        result = self.participant.handle(task)
+        if result is None:
+            raise UnansweredError(f"no answer to round {task.round_id} step {task.step}")
+        self.participant.delivered(result)
+        return result

@@ -14,27 +14,24 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from qflare.fl import FlatVector, Update, join_flat, load_dataset, split_flat, torch_threads
+from qflare.sim.federation import FederatedConfig, Federation, build_federation, client_fit_config
 
 _WORKER: dict[str, object] = {}  # per worker process only: its private federation
 
 
 def _init_worker(config: object) -> None:
-    from qflare.sim.federated import FederatedConfig, _build_federation
-
     assert isinstance(config, FederatedConfig)
     torch_threads(1).__enter__()  # workers keep one intra-op thread each for their lifetime
     _WORKER["config"] = config
-    _WORKER["fed"] = _build_federation(config, load_dataset(config.dataset, config.seed))
+    _WORKER["fed"] = build_federation(config, load_dataset(config.dataset, config.seed))
 
 
 def _fit(task: tuple[FlatVector, int, int]) -> tuple[int, FlatVector, int, float]:
-    from qflare.sim.federated import FederatedConfig, _Federation, _fit_config
-
     global_flat, round_id, cid = task
     fed, config = _WORKER["fed"], _WORKER["config"]
-    assert isinstance(fed, _Federation) and isinstance(config, FederatedConfig)
+    assert isinstance(fed, Federation) and isinstance(config, FederatedConfig)
     weights = split_flat(global_flat, fed.shapes)
-    result = fed.clients[cid].fit(weights, _fit_config(config, round_id, cid))
+    result = fed.clients[cid].fit(weights, client_fit_config(config, round_id, cid))
     delta = (join_flat(result.weights) - global_flat).astype(np.float32)
     return cid, delta, result.num_examples, float(result.metrics.get("train_loss", 0.0))
 
@@ -47,7 +44,7 @@ class ParallelTrainer:
         processes: Number of worker processes.
     """
 
-    def __init__(self, config: object, processes: int) -> None:
+    def __init__(self, config: FederatedConfig, processes: int) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._pool = ProcessPoolExecutor(
             processes, mp_context=ctx, initializer=_init_worker, initargs=(config,)

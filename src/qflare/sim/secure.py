@@ -8,7 +8,6 @@ over the survivors reaches the strategy.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -20,18 +19,15 @@ from qflare.fl import AggregateResult, FlatVector, Update
 from qflare.fl.attack_experiment import Observer
 from qflare.protocol.graph import complete_threshold, find_params
 from qflare.protocol.messages import ClientMessage, MaskedInput, RoundConfig
+from qflare.protocol.names import ProtocolName
 from qflare.protocol.policy import ClientPolicy
 from qflare.protocol.quantize import QuantConfig, dequantize, quantize, weight_cap
 from qflare.protocol.secagg import ROUNDS, State
 from qflare.sim.cohort import Cohort
 from qflare.sim.identities import SimAuthority
 
-
-class SecureProtocol(enum.StrEnum):
-    """Which secure-aggregation protocol a simulation uses."""
-
-    SECAGG = "secagg"  # complete graph (Bonawitz et al. 2017)
-    SECAGG_PLUS = "secagg+"  # Harary graph, finder's k and t (Bell et al. 2020)
+SECURE_PROTOCOLS: tuple[ProtocolName, ...] = (ProtocolName.SECAGG_PLUS, ProtocolName.SECAGG)
+"""The protocols a :class:`SecAggAggregator` runs (CHRONOS has its own in-memory cohort)."""
 
 
 @dataclass
@@ -49,7 +45,7 @@ class SecAggAggregator:
         session: Session name bound into every key and signature.
     """
 
-    protocol: SecureProtocol = SecureProtocol.SECAGG_PLUS
+    protocol: ProtocolName = ProtocolName.SECAGG_PLUS
     clip: float = 1.0
     max_total_weight: int = 100_000
     dropout: float = 0.0
@@ -62,7 +58,9 @@ class SecAggAggregator:
 
     def __post_init__(self) -> None:
         self.scheme = SignatureScheme(self.scheme)
-        self.protocol = SecureProtocol(self.protocol)
+        self.protocol = ProtocolName(self.protocol)
+        if self.protocol not in SECURE_PROTOCOLS:
+            raise ValueError(f"{self.protocol} is not a SecAgg protocol")
         self.quant = QuantConfig(self.clip, self.modulus_bits, self.max_total_weight)
         self._rng: Rng = SystemRng() if self.seed is None else DeterministicRng(self.seed)
         self._authority = SimAuthority(self._rng)
@@ -86,7 +84,7 @@ class SecAggAggregator:
         Raises:
             ValueError: SecAgg+ has no ``(k, t)`` for ``n`` clients at this dropout rate.
         """
-        if self.protocol is SecureProtocol.SECAGG:
+        if not self.protocol.sparse_graph:
             return n, complete_threshold(n, ClientPolicy().corrupt_fraction)
         p = find_params(n, dropout_fraction=max(self.dropout, 0.01))
         return p.k, p.t

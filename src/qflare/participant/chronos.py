@@ -1,4 +1,4 @@
-"""A node's part in CHRONOS epochs: keystores (software or simulated enclave) and the task driver.
+"""A device's part in CHRONOS epochs: keystores (software or simulated enclave), the participant.
 
 Epoch life cycle seen from a node (every answer is a :class:`SignedResult`):
 
@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 
 from qflare.crypto import RingVector, Rng, SignatureScheme, Signer
-from qflare.node.trainer import Trainer
+from qflare.participant.base import ResultSigner, RunReport, Trainer
 from qflare.protocol.chronos import ChronosClient, ChronosKeystore, Mode, SoftwareKeystore
 from qflare.protocol.chronos import messages as cm
 from qflare.protocol.errors import ProtocolError
@@ -34,14 +34,15 @@ from qflare.protocol.identity import AuthorityKey, endorse_key
 from qflare.protocol.policy import ClientPolicy
 from qflare.protocol.quantize import QuantConfig, quantize, weight_cap
 from qflare.protocol.wire import (
-    UPDATE_CONTEXT,
     ChronosJoin,
     ChronosJoined,
     ChronosRound,
+    ChronosSetup,
+    ChronosStep,
     ChronosTask,
     SignedResult,
     Task,
-    result_transcript,
+    TaskBody,
 )
 
 if TYPE_CHECKING:
@@ -217,33 +218,31 @@ class EnclaveKeystores:
 
 
 class ChronosParticipant:
-    """Answers CHRONOS tasks for one node.
+    """Answers CHRONOS tasks for one device.
 
     Args:
-        device_id: The node's device id.
-        signer: Device identity key (signs every result).
+        results: Signs every answer with the device identity key.
         trainer: Local training.
         rng: Randomness of the stochastic rounding.
         keystores: Where the epoch secrets live.
+        report: Where rounds completed and dropped are counted.
         clock: Wall-clock time (deadline warnings).
         certificate: The device's certificate (endorses the keystore's key to peers).
-        cache: Unused by CHRONOS (its keystore checks certificates); kept for symmetry.
     """
 
     def __init__(
         self,
-        device_id: str,
-        signer: Signer,
+        results: ResultSigner,
         trainer: Trainer,
         rng: Rng,
         keystores: KeystoreProvider,
+        report: RunReport,
         clock: Callable[[], float],
         *,
         certificate: bytes = b"",
-        cache: object | None = None,
     ) -> None:
-        self.device_id, self._signer, self._trainer, self._rng = device_id, signer, trainer, rng
-        self.keystores, self._clock = keystores, clock
+        self._results, self._trainer, self._rng = results, trainer, rng
+        self.keystores, self._report, self._clock = keystores, report, clock
         self._certificate = certificate
         self.epoch: int | None = None
         self.mode = Mode.CHRONOS
@@ -253,19 +252,32 @@ class ChronosParticipant:
         self._closing: dict[tuple[int, int], int] = {}  # answer key -> round it finishes
         self._counted: set[int] = set()
 
-    def handle(self, task: Task, ct: ChronosTask) -> SignedResult | None:
-        """The signed answer to ``task``; ``None`` if this node does not answer it.
+    def handles(self, body: TaskBody) -> bool:
+        """CHRONOS tasks."""
+        return isinstance(body, ChronosTask)
 
-        Raises:
-            EpochAbandonedError: a protocol error; the epoch is left (the caller counts a drop).
+    def handle(self, task: Task) -> SignedResult | None:
+        """The signed answer to ``task``; ``None`` if this device does not answer it.
+
+        A protocol error leaves the epoch (counted as a drop of the round in progress).
         """
+        ct = task.body
+        if not isinstance(ct, ChronosTask):
+            return None
+        try:
+            return self._handle(task, ct)
+        except EpochAbandonedError as exc:
+            self._report.drop(task.round_id, task.step, f"CHRONOS epoch left: {exc}")
+            return None
+
+    def _handle(self, task: Task, ct: ChronosTask) -> SignedResult | None:
         answer = self._answer
         same = answer is not None and (answer.round_id, answer.step) == (task.round_id, task.step)
         if ct.epoch == self.epoch and answer is not None and same:
             log.info("re-sending answer", extra={"round": task.round_id, "step": task.step})
             return answer
-        if ct.join is not None:
-            return self._join(task, ct, ct.join)
+        if isinstance(ct.part, ChronosJoin):
+            return self._join(task, ct, ct.part)
         if ct.epoch != self.epoch or task.step <= self._step:
             log.info("stale or foreign CHRONOS task", extra={"epoch": ct.epoch, "step": task.step})
             return None
@@ -289,7 +301,7 @@ class ChronosParticipant:
         self.epoch, self.mode = ct.epoch, join.mode
         joining = self.keystores.open(join)
         entry = endorse_key(
-            self._signer,
+            self._results.signer,
             self._certificate,
             join.session,
             join.client_index,
@@ -306,22 +318,23 @@ class ChronosParticipant:
         return self._sign(task, msgspec.msgpack.encode(joined))
 
     def _reply(self, task: Task, ct: ChronosTask) -> cm.ClientMessage | None:
-        if ct.setup is not None:
+        part = ct.part
+        if isinstance(part, ChronosSetup):
             keystore = self.keystores.keystore()
-            self.client = ChronosClient(ct.setup.config, keystore, ct.setup.directory)
+            self.client = ChronosClient(part.config, keystore, part.directory)
             reply = self.client.start()
             if keystore.rejected:
                 log.warning("peers left out", extra={"epoch": ct.epoch, **_named(keystore)})
             return reply
         client = self.client
-        if client is None or ct.message is None:
+        if client is None or not isinstance(part, ChronosStep):
             log.warning("malformed CHRONOS task ignored", extra={"step": task.step})
             return None
-        msg = cm.decode_server(ct.message)
+        msg = cm.decode_server(part.message)
         if isinstance(msg, cm.RoundStart):
-            if ct.round is None:
+            if part.round is None:
                 raise ValueError("a round start without the model")
-            client.set_input(self._local_update(msg.round_id, ct.round, client))
+            client.set_input(self._local_update(msg.round_id, part.round, client))
         return client.receive(msg)
 
     def _local_update(self, round_id: int, info: ChronosRound, client: ChronosClient) -> RingVector:
@@ -336,33 +349,35 @@ class ChronosParticipant:
         return quantize(delta, min(examples, cap), cfg, self._rng)
 
     def _sign(self, task: Task, message: bytes) -> SignedResult:
-        transcript = result_transcript(self.device_id, task.round_id, task.step, message)
-        result = SignedResult(
-            device_id=self.device_id,
-            round_id=task.round_id,
-            step=task.step,
-            message=message,
-            signature=self._signer.sign(transcript, context=UPDATE_CONTEXT),
-        )
+        result = self._results.sign(task.round_id, task.step, message)
         self._step, self._answer = task.step, result
         return result
 
-    def owns(self, result: SignedResult) -> bool:
-        """Whether ``result`` is this participant's latest answer."""
-        return self._answer is result
-
     def delivered(self, result: SignedResult) -> bool:
-        """Note a delivered answer; ``True`` if it finished this node's part of a new round."""
+        """Note a delivered answer; ``True`` if it finished this device's part of a new round."""
         finished = self._closing.pop((result.round_id, result.step), None)
         if finished is None or finished in self._counted:
             return False
         self._counted.add(finished)
+        self._report.completed += 1
         if self.client is not None:
             try:
                 self.client.precompute_next()  # idle time: the next round's masks
             except ProtocolError as exc:
                 log.warning("precompute failed", extra={"why": str(exc)})
         return True
+
+    def rejected(self, result: SignedResult, why: str) -> None:
+        """The server rejected our answer: leave the epoch (counted as a drop)."""
+        self.abandon(why)
+        self._report.drop(result.round_id, result.step, why)
+
+    def position(self) -> tuple[int, int] | None:
+        """The round and step of the latest answer in the epoch in progress, if any."""
+        answer = self._answer
+        if self.epoch is None or answer is None:
+            return None
+        return answer.round_id, answer.step
 
     def abandon(self, why: str | None, *, close: bool = True) -> None:
         """Leave the current epoch (the keystore is closed unless ``close`` is false)."""
