@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from qflare.cli.bench_output import emit_json
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -33,7 +34,4 @@ def register(bench_app: typer.Typer) -> None:
             f"{nodes} honest nodes, {rounds} rounds, {rate:g} bad requests/s from 127.0.0.1"
         ):
             result = run_abuse_bench(cfg)
-        text = json.dumps(result, indent=2)
-        if output is not None:
-            output.write_text(text)
-        typer.echo(text)
+        emit_json(result, output)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
+from qflare.cli.bench_output import emit_json
 from qflare.cli.options import ChronosMode, SchemeName
 
 Stage = Callable[[str], None]
@@ -48,10 +48,7 @@ def _run_staged(
             raise typer.Exit(1) from None
         except (ProtocolError, ValueError) as exc:
             raise typer.BadParameter(str(exc).split("] ", 1)[-1]) from None
-    text = json.dumps(result, indent=2)
-    if output is not None:
-        output.write_text(text)
-    typer.echo(text)
+    emit_json(result, output)
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON only.")]

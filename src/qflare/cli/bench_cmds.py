@@ -5,7 +5,6 @@ The benchmarks themselves live in :mod:`qflare.bench` and are imported inside ea
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
@@ -16,6 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from qflare.cli.bench_abuse import register as register_bench_abuse
 from qflare.cli.bench_chronos import register as register_bench_chronos
 from qflare.cli.bench_enclave import register as register_bench_enclave
+from qflare.cli.bench_output import emit_json
 from qflare.cli.bench_robust import register as register_bench_robust
 from qflare.cli.bench_server import register as register_bench_server
 from qflare.cli.options import SchemeName, check_partition
@@ -89,7 +89,7 @@ def bench_secagg(
             )
         except (ProtocolError, ValueError) as exc:
             raise typer.BadParameter(str(exc).split("] ", 1)[-1]) from None
-    _emit(result, output)
+    emit_json(result, output)
 
 
 @bench_app.command("accuracy")
@@ -126,7 +126,7 @@ def bench_accuracy(
         raise typer.BadParameter(str(exc)) from exc
     with console.status("training secure and plain federations"):
         result = accuracy_parity(cfg, Settings().signature_scheme, data)
-    _emit(result, output)
+    emit_json(result, output)
 
 
 @bench_app.command("startup")
@@ -140,7 +140,7 @@ def bench_startup(
     with Progress(TextColumn("{task.description}"), console=Console(stderr=True)) as bar:
         task = bar.add_task("cli start-up")
         result = run_startup_bench(repeat, progress=lambda s: bar.update(task, description=s))
-    _emit(result, output)
+    emit_json(result, output)
 
 
 @bench_app.command("report")
@@ -153,14 +153,6 @@ def bench_report(
     from qflare.bench.report import render
 
     typer.echo(render(bench_dir))
-
-
-def _emit(result: dict[str, object], output: Path | None) -> None:
-    """Print ``result`` as JSON (and write it to ``output``)."""
-    text = json.dumps(result, indent=2)
-    if output is not None:
-        output.write_text(text)
-    typer.echo(text)
 
 
 register_bench_server(bench_app)

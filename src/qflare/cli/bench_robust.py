@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+from qflare.cli.bench_output import emit_json, stages
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -32,15 +31,6 @@ def register(bench_app: typer.Typer) -> None:
         from qflare.bench.robust import RobustBenchConfig, run_robust_bench
 
         cfg = RobustBenchConfig(clients, dim, outliers, repeat, seed)
-        with Progress(
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=as_json,
-        ) as bar:
-            task = bar.add_task("generating the round")
-            result = run_robust_bench(cfg, progress=lambda s: bar.update(task, description=s))
-        text = json.dumps(result, indent=2)
-        if output is not None:
-            output.write_text(text)
-        typer.echo(text)
+        with stages("generating the round", quiet=as_json) as say:
+            result = run_robust_bench(cfg, progress=say)
+        emit_json(result, output)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from qflare.cli.bench_output import emit_json
 
 
 def register(bench_app: typer.Typer) -> None:
@@ -51,7 +52,4 @@ def register(bench_app: typer.Typer) -> None:
         if nodes > 0:
             with console.status(f"{nodes} concurrent nodes, one SecAgg+ round over HTTP"):
                 result["concurrent_round"] = concurrent_round(nodes, node_dim)
-        text = json.dumps(result, indent=2)
-        if output is not None:
-            output.write_text(text)
-        typer.echo(text)
+        emit_json(result, output)
