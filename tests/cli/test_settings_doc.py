@@ -37,7 +37,7 @@ def test_types_bounds_defaults_and_variables_come_from_the_model():
     assert docs["port"].default == "8443"
     assert docs["port"].env == "QFLARE_PORT"
     assert docs["dropout_estimate"].type == "float ≥ 0, < 1"
-    assert docs["protocol"].type == "secagg+ | secagg | chronos | chronos-dm"
+    assert docs["protocol"].type == "secagg+ | secagg | chronos | chronos-dm | enclave"
     assert docs["tls_cert"].default == "unset"
     assert docs["witness_urls"].default == "[]"
     assert docs["insecure"].default == "false"

@@ -56,6 +56,7 @@ __all__ = [
     "enclave_key_id",
     "encode_upload",
     "open_update",
+    "round_nonce",
     "seal_update",
     "upload_transcript",
 ]
@@ -176,6 +177,18 @@ class Decapsulator(Protocol):
     def decapsulate(self, ciphertext: bytes) -> SecretBytes:
         """Recover the shared secret of ``ciphertext``."""
         ...
+
+
+def round_nonce(session: str, round_id: int) -> bytes:
+    """The 32-byte attestation challenge of round ``round_id``: nobody picks it.
+
+    A served round's evidence answers this nonce, and a node recomputes it, so evidence made for
+    another round (or session) is refused. Round ids are never reused (the enclave's counter
+    refuses an old one), which makes the nonce fresh; the evidence timestamp bounds its age.
+    """
+    return hashlib.sha256(
+        msgspec.msgpack.encode(("round-nonce", _VERSION, session, round_id))
+    ).digest()
 
 
 def enclave_key_id(public_key: bytes) -> bytes:

@@ -24,6 +24,8 @@ class ProtocolName(enum.StrEnum):
     """CHRONOS epochs as published: offline setup once, one online message per round."""
     CHRONOS_DM = "chronos-dm"
     """CHRONOS with double masking: one more online message, safe against a lying server."""
+    ENCLAVE = "enclave"
+    """Uploads sealed to an attested aggregation enclave, which releases a robust aggregate."""
 
     @property
     def epochs(self) -> bool:

@@ -36,6 +36,7 @@ __all__ = [
     "ChronosSetup",
     "ChronosStep",
     "ChronosTask",
+    "EnclaveTask",
     "EnrollRequest",
     "EnrollResponse",
     "EnrollmentRefusedError",
@@ -342,7 +343,43 @@ class ChronosTask(
     part: ChronosPart
 
 
-TaskBody = SecAggStart | SecAggStep | ChronosTask
+class EnclaveTask(
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag="enclave"
+):
+    """The one task of an enclave-aggregation round: train, attest the enclave, seal, answer.
+
+    The node verifies ``evidence`` against the measurement it pinned before it seals its update
+    to ``enclave_key``; its answer (step 0) is the encoded
+    :class:`~qflare.protocol.enclave.SealedUpload`, or a signed ``declined`` notice.
+
+    Attributes:
+        session: The federation session (bound into the sealed upload).
+        model_version: Version of ``weights``.
+        weights: Current global model (flat float32, raw bytes).
+        dim: Length of the update the enclave expects (the model's size).
+        clip: Range ``[-clip, clip]`` the node clips each coordinate of its update to (as
+            SecAgg's quantisation does).
+        enclave_key: The aggregation enclave's hybrid KEM public key.
+        evidence: Attestation evidence binding ``enclave_key`` and ``nonce``.
+        nonce: The round's challenge, :func:`~qflare.protocol.enclave.round_nonce` of
+            (``session``, round id): the node recomputes it, so evidence from another round
+            is refused.
+        deadline: Time by which the upload must arrive.
+    """
+
+    version: int = PROTOCOL_VERSION
+    session: str
+    model_version: int
+    weights: bytes
+    dim: int
+    clip: Finite
+    enclave_key: bytes
+    evidence: bytes
+    nonce: bytes
+    deadline: Finite
+
+
+TaskBody = SecAggStart | SecAggStep | ChronosTask | EnclaveTask
 """What a task asks of a node, tagged by protocol and step kind (a msgspec tagged union)."""
 
 
