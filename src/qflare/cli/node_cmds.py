@@ -198,6 +198,24 @@ def run_cmd(
             "this device's enclave platform so that it can attest.",
         ),
     ] = None,
+    enclave_measurement: Annotated[
+        str | None,
+        typer.Option(
+            help="Take part in enclave-aggregation rounds: the aggregation enclave's measurement "
+            "(64 hex digits) this node pins; a round whose evidence does not match is declined.",
+        ),
+    ] = None,
+    enclave_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            dir_okay=False,
+            help="Root certificate the enclave's platform chain must end at (repeatable).",
+        ),
+    ] = None,
+    allow_simulated_attestation: Annotated[
+        bool,
+        typer.Option(help="Accept evidence from the SIMULATED TEE backend (no real isolation)."),
+    ] = False,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Take part in rounds until stopped (SIGINT/SIGTERM) or --max-rounds are done.
@@ -228,6 +246,9 @@ def run_cmd(
             corrupt_fraction=corrupt_fraction, security_bits=security_bits, min_cohort=min_cohort
         ),
         tee_maker=tee_maker,
+        enclave_measurement=enclave_measurement,
+        enclave_roots=tuple(enclave_root or ()),
+        allow_simulated_attestation=allow_simulated_attestation,
         state_dir=state_dir,
         ca=ca,
         insecure=insecure,

@@ -19,9 +19,17 @@ import numpy as np
 import numpy.typing as npt
 
 from qflare.crypto import Rng, Signer
-from qflare.protocol.enclave import encode_upload, seal_update
+from qflare.participant.base import ParticipantFactory, ResultSigner, RunReport, Trainer
+from qflare.participant.enclave import EnclaveParticipant
+from qflare.protocol.enclave import encode_upload, round_nonce, seal_update
 from qflare.tee.aggregator_ta import AggregatorConfig, aggregator_measurement
-from qflare.tee.attestation import AttestationResult, AttestationVerifier, VerificationPolicy
+from qflare.tee.attestation import (
+    AttestationResult,
+    AttestationVerifier,
+    VerificationPolicy,
+    report_data_for,
+    verify_evidence,
+)
 
 
 class EnclaveNotTrusted(RuntimeError):  # noqa: N818 - reads as the state it reports
@@ -39,6 +47,28 @@ def enclave_policy(
     return VerificationPolicy(
         trusted_roots=trusted_roots,
         measurements=frozenset({aggregator_measurement(config)}),
+        allow_simulated=allow_simulated,
+        max_age_s=max_age_s,
+    )
+
+
+def pinned_policy(
+    measurement: bytes,
+    trusted_roots: tuple[bytes, ...],
+    *,
+    allow_simulated: bool = False,
+    max_age_s: float = 300.0,
+) -> VerificationPolicy:
+    """The policy of a node that pinned ``measurement`` (``qflare node run --enclave-measurement``).
+
+    Raises:
+        ValueError: ``measurement`` is not 32 bytes.
+    """
+    if len(measurement) != 32:
+        raise ValueError("an enclave measurement is 32 bytes (64 hex digits)")
+    return VerificationPolicy(
+        trusted_roots=trusted_roots,
+        measurements=frozenset({measurement}),
         allow_simulated=allow_simulated,
         max_age_s=max_age_s,
     )
@@ -68,6 +98,7 @@ class EnclaveUploader:
     ) -> None:
         self._device, self._signer, self._session, self._rng = device_id, signer, session, rng
         self._verifier = AttestationVerifier(policy, rng=rng, clock=clock)
+        self._clock = clock
         self._key: bytes | None = None
         self._sealed_rounds: set[int] = set()
 
@@ -85,6 +116,33 @@ class EnclaveUploader:
         result = self._verifier.verify(evidence, public_key=public_key, nonce=nonce)
         self._key = public_key
         return result
+
+    def trust_round(
+        self, evidence: bytes, *, public_key: bytes, round_id: int
+    ) -> AttestationResult:
+        """Verify a served round's ``evidence`` for ``public_key``; on success, use that key.
+
+        The challenge is :func:`~qflare.protocol.enclave.round_nonce` of this node's session and
+        ``round_id`` (a pull-model round has no earlier message to carry a node's own nonce);
+        round ids are never reused, and the evidence timestamp must be within the policy's age.
+
+        Raises:
+            qflare.tee.AttestationError: any check failed (as in :meth:`trust`).
+        """
+        self._key = None  # a failed check leaves no key from an earlier round usable
+        result = verify_evidence(
+            evidence,
+            policy=self._verifier.policy,
+            report_data=report_data_for(public_key, round_nonce(self._session, round_id)),
+            now=self._clock(),
+        )
+        self._key = public_key
+        return result
+
+    @property
+    def session(self) -> str:
+        """The federation session uploads are bound to."""
+        return self._session
 
     @property
     def enclave_key(self) -> bytes | None:
@@ -115,3 +173,31 @@ class EnclaveUploader:
         )
         self._sealed_rounds.add(round_id)
         return encode_upload(upload)
+
+
+def enclave_participant(
+    trainer: Trainer,
+    policy: VerificationPolicy,
+    rng: Rng,
+    *,
+    session: str = "qflare",
+    clock: Callable[[], float] = time.time,
+) -> ParticipantFactory:
+    """The :class:`~qflare.node.runner.NodeRunner` factory of this device's enclave participant.
+
+    Its uploader verifies each round's evidence against ``policy`` (the pinned measurement)
+    and seals with the device's identity key.
+    """
+
+    def make(results: ResultSigner, report: RunReport) -> EnclaveParticipant:
+        uploader = EnclaveUploader(
+            device_id=results.device_id,
+            signer=results.signer,
+            session=session,
+            policy=policy,
+            rng=rng,
+            clock=clock,
+        )
+        return EnclaveParticipant(results, trainer, uploader, report, clock=clock)
+
+    return make

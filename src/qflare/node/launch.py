@@ -22,6 +22,7 @@ from qflare.node.session import NodeSession, RetryPolicy
 from qflare.node.state import DeviceRecord, NodeState
 from qflare.node.trainer import TorchTrainer, Trainer, TrainingConfig, parse_trainer_spec
 from qflare.node.transport import HttpApi, Timeouts
+from qflare.participant.base import ParticipantFactory
 from qflare.participant.chronos import EnclaveKeystores
 from qflare.protocol.policy import ClientPolicy
 
@@ -80,6 +81,10 @@ class RunOptions:
         client_policy: The round parameters this node accepts (its own security policy).
         tee_maker: Directory of a *simulated* TEE manufacturer key (``qflare tee maker-init``)
             that certifies this device's enclave platform on first use, so it can attest.
+        enclave_measurement: The aggregation enclave's measurement (hex) this node pins; with
+            it the node takes part in ``enclave`` rounds.
+        enclave_roots: Root certificate files the enclave's platform chain must end at.
+        allow_simulated_attestation: Accept evidence from the *simulated* TEE backend.
     """
 
     state_dir: Path = DEFAULT_STATE_DIR
@@ -96,6 +101,27 @@ class RunOptions:
     witness_quorum: int | None = None
     client_policy: ClientPolicy = field(default_factory=ClientPolicy)
     tee_maker: Path | None = None
+    enclave_measurement: str | None = None
+    enclave_roots: tuple[Path, ...] = ()
+    allow_simulated_attestation: bool = False
+
+
+def _participants(options: RunOptions, trainer: Trainer, rng: Rng) -> list[ParticipantFactory]:
+    """The enclave participant when the node pinned an aggregation enclave measurement.
+
+    Raises:
+        ValueError: the measurement is not 64 hex digits.
+    """
+    if options.enclave_measurement is None:
+        return []
+    from qflare.node.enclave_upload import enclave_participant, pinned_policy
+
+    policy = pinned_policy(
+        bytes.fromhex(options.enclave_measurement),
+        tuple(p.read_bytes() for p in options.enclave_roots),
+        allow_simulated=options.allow_simulated_attestation,
+    )
+    return [enclave_participant(trainer, policy, rng)]
 
 
 def _keystores(options: RunOptions, state: NodeState) -> EnclaveKeystores | None:
@@ -198,17 +224,20 @@ def run_node(options: RunOptions, stop_event: threading.Event | None = None) -> 
         policy=options.policy,
         stop_event=stop,
     )
+    rng = protocol_rng(options.seed)
+    participants = _participants(options, trainer, rng)
     runner = NodeRunner(
         state,
         session,
         trainer,
-        protocol_rng(options.seed),
+        rng,
         time.time,
         sleep,
         poll_wait=options.poll_wait,
         keystores=_keystores(options, state),
         policy=options.client_policy,
         ledger_check=_ledger_check(options, state, device, api),
+        participants=participants,
     )
     try:
         report = runner.run(options.max_rounds, stop, completed_only=True)
