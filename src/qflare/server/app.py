@@ -197,6 +197,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            ctx.coordinator.close()
             ctx.engine.dispose()
             if ctx.authority is not authority and isinstance(ctx.authority, HttpAuthorityClient):
                 ctx.authority.close()

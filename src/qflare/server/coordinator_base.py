@@ -76,6 +76,8 @@ class RoundEnd:
         culprits: Clients the round found misbehaving (client index -> what they did).
         abort: Why the round failed, if it did.
         audit: Protocol facts for the audit entry (e.g. the CHRONOS epoch).
+        aggregate: An aggregate that is already a float update (the enclave's), applied as is
+            instead of dequantising ``total``.
     """
 
     round_id: int
@@ -84,6 +86,7 @@ class RoundEnd:
     culprits: dict[int, str]
     abort: str | None
     audit: Payload = field(default_factory=dict)
+    aggregate: AggregateResult | None = None
 
 
 class LiveState(Protocol):
@@ -149,6 +152,9 @@ class CoordinatorBase(Generic[L]):
         accepted and logged, for the next server process to resume from.
         """
         self.draining = True
+
+    def close(self) -> None:
+        """Release what the driver runs beside the server (nothing, unless a driver says)."""
 
     def seen(self, device_id: str, now: float) -> None:
         """Record that a device polled (only recently seen devices are sampled)."""
@@ -408,7 +414,13 @@ class CoordinatorBase(Generic[L]):
         decoded = self.decode(total) if total is not None else None
         if isinstance(decoded, str):  # refuse a wrapped sum rather than apply it
             abort, total, decoded = decoded, None, None
-        state = COMPLETED if total is not None else ABORTED
+        result: AggregateResult | None = None
+        if decoded is not None:
+            result = AggregateResult(decoded[0], float(decoded[1]), len(end.survivors))
+        stored = total.tobytes() if total is not None else None
+        if end.aggregate is not None and abort is None:  # a float update: nothing to dequantise
+            result, stored = end.aggregate, end.aggregate.weighted_sum.astype("<f8").tobytes()
+        state = COMPLETED if result is not None else ABORTED
         strategy = copy.deepcopy(self.strategy)  # its moments move only if the close commits
 
         def write(db: Session) -> int | None:
@@ -418,11 +430,10 @@ class CoordinatorBase(Generic[L]):
             assert row is not None
             row.state, row.closed_at, row.abort_reason = state, now, abort
             conduct.set_culprits(db, end.round_id, end.culprits)
-            if total is None or decoded is None:
+            if result is None:
                 return None
             conduct.set_survivors(db, end.round_id, end.survivors)
-            row.result = total.tobytes()
-            result = AggregateResult(decoded[0], float(decoded[1]), len(end.survivors))
+            row.result = stored
             return self._models.apply(db, strategy, result, end.round_id, now)
 
         version = self._commit("round close", write)
@@ -432,7 +443,7 @@ class CoordinatorBase(Generic[L]):
         events.round_closed(
             end.round_id,
             state,
-            survivors=end.survivors if total is not None else (),
+            survivors=end.survivors if result is not None else (),
             model_version=version,
             abort=abort,
             accuracy=self._accuracy(version),
@@ -447,9 +458,9 @@ class CoordinatorBase(Generic[L]):
         }
         if end.culprits:
             payload["culprits"] = ",".join(str(c) for c in sorted(end.culprits))
-        if total is not None:
-            payload["sum_sha256"] = hashlib.sha256(total.tobytes()).hexdigest()
-        self._audit("round_complete" if total is not None else "round_abort", payload, now)
+        if result is not None and stored is not None:
+            payload["sum_sha256"] = hashlib.sha256(stored).hexdigest()
+        self._audit("round_complete" if result is not None else "round_abort", payload, now)
         return version
 
     # ---- protocol hooks -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from qflare.protocol.names import ProtocolName
 from qflare.protocol.wire import SignedResult, Task
 from qflare.server.chronos_coordinator import ChronosCoordinator
 from qflare.server.coordinator import Coordinator
+from qflare.server.enclave_coordinator import EnclaveCoordinator
 from qflare.server.model import ModelStore
 from qflare.server.settings import ServerSettings
 
@@ -53,6 +54,10 @@ class RoundDriver(Protocol):
         """Stop the clock while the server shuts down."""
         ...
 
+    def close(self) -> None:
+        """Release what the driver runs beside the server (e.g. an enclave process)."""
+        ...
+
 
 DriverFactory = Callable[
     [ServerSettings, sessionmaker[Session], Ledger, ModelStore, Callable[[], float], Rng],
@@ -63,6 +68,7 @@ DRIVERS: Mapping[ProtocolName, DriverFactory] = {
     ProtocolName.SECAGG_PLUS: Coordinator,
     ProtocolName.CHRONOS: ChronosCoordinator,
     ProtocolName.CHRONOS_DM: ChronosCoordinator,
+    ProtocolName.ENCLAVE: EnclaveCoordinator,
 }
 """The round driver of each protocol."""
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qflare.fl.robust import make_defence
 from qflare.fl.strategy import build_strategy
 from qflare.protocol.names import ProtocolName
 
@@ -30,7 +31,9 @@ class ServerSettings(BaseSettings):
             ``error``, ``critical``); the per-request access log is written only at ``debug``.
         signature_scheme: Identity scheme of the server and devices.
         protocol: ``secagg+`` (sparse Harary graph, finder's k and t), ``secagg`` (complete
-            graph), or ``chronos`` / ``chronos-dm`` (epochs: offline setup once, then rounds).
+            graph), ``enclave`` (nodes seal updates to an attested aggregation enclave, which
+            releases one robust aggregate per round), or ``chronos`` / ``chronos-dm`` (epochs:
+            offline setup once, then rounds).
         strategy: Server optimiser applied to each round's aggregate: ``fedavg`` (McMahan et
             al.), or ``fedadagrad`` / ``fedadam`` / ``fedyogi`` (Reddi et al.); the adaptive
             ones keep their moments in memory, so they start afresh after a server restart.
@@ -44,6 +47,14 @@ class ServerSettings(BaseSettings):
         attestation_allow_simulated: Accept evidence from the *simulated* TEE backend.
         attestation_measurements: Extra accepted measurements (hex), beside the CHRONOS trusted
             application's reference measurement.
+        enclave_min_accepted: Valid uploads an enclave round needs (also the floor in the
+            aggregator enclave's configuration, so it is part of the measurement nodes pin).
+        enclave_defence: Robust rule the aggregation enclave applies (``qflare.fl.robust``);
+            ``centred-clip`` measured best across attacks on non-IID MNIST.
+        enclave_defence_params: The defence's parameters (e.g. ``tau`` for ``centred-clip``).
+        enclave_allow_simulated: Run the aggregation enclave on the *simulated* TEE backend (a
+            simulated manufacturer under ``state_dir/enclave`` certifies it; nodes must allow
+            simulated attestation). There is no hardware backend yet, so ``enclave`` needs it.
         model: Model architecture of the federation, or ``vector:D`` for a raw vector.
         dataset: Dataset the model is shaped for (``mnist`` or ``digits``).
         min_clients: Devices needed to open a round.
@@ -126,6 +137,10 @@ class ServerSettings(BaseSettings):
     attestation_roots: list[Path] = []
     attestation_allow_simulated: bool = False
     attestation_measurements: list[str] = []
+    enclave_min_accepted: int = Field(default=2, ge=1)
+    enclave_defence: str = "centred-clip"
+    enclave_defence_params: dict[str, float] = Field(default_factory=dict)
+    enclave_allow_simulated: bool = False
     model: str | None = None
     dataset: str = "mnist"
     min_clients: int = Field(default=3, ge=1)
@@ -183,6 +198,11 @@ class ServerSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_strategy(self) -> ServerSettings:
         build_strategy(self.strategy, self.strategy_params)  # ValueError: a wrong parameter
+        return self
+
+    @model_validator(mode="after")
+    def _check_defence(self) -> ServerSettings:
+        make_defence(self.enclave_defence, **self.enclave_defence_params)  # ValueError: unknown
         return self
 
     @model_validator(mode="after")

@@ -1,0 +1,210 @@
+"""The enclave mode served over loopback HTTP: a server with its aggregation enclave, real nodes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from qflare.crypto import DeterministicRng, SignatureScheme, SystemRng
+from qflare.fl.robust import make_defence
+from qflare.node import (
+    ConstantTrainer,
+    HttpApi,
+    NodeRunner,
+    NodeSession,
+    NodeState,
+    RetryPolicy,
+    RunReport,
+    enroll,
+)
+from qflare.node.enclave_upload import enclave_participant, pinned_policy
+from qflare.participant.base import FloatVector
+from qflare.protocol.identity import encode_authority_key
+from qflare.server.authority_client import load_authority_key
+from qflare.store.db import make_engine, session_factory
+from qflare.store.models import Device, ModelVersion, Round
+from qflare.tee.aggregator_ta import AggregatorConfig, aggregator_measurement
+from tests.node.conftest import LiveServer, start_server, stop_server
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+DIM = 64
+
+
+class NanTrainer(ConstantTrainer):
+    """A broken (or malicious) device: its update holds a NaN."""
+
+    def train(self, weights: FloatVector, round_id: int) -> tuple[FloatVector, int]:
+        delta, weight = super().train(weights, round_id)
+        delta[3] = np.nan
+        return delta, weight
+
+
+def _server(tmp_path: Path, n: int, rounds: int, **overrides: object) -> LiveServer:
+    values: dict[str, object] = {
+        "protocol": "enclave",
+        "enclave_allow_simulated": True,
+        "model": f"vector:{DIM}",
+        "min_clients": n,
+        "max_clients": n,
+        "max_rounds": rounds,
+        "step_timeout_s": 10.0,
+    }
+    values.update(overrides)
+    return start_server(tmp_path, **values)
+
+
+def _measurement(live: LiveServer) -> bytes:
+    assert live.settings.authority_key is not None
+    key = load_authority_key(live.settings.authority_key)
+    config = AggregatorConfig(
+        authority=encode_authority_key(key), min_accepted=live.settings.enclave_min_accepted
+    )
+    return aggregator_measurement(config)
+
+
+def _run(
+    live: LiveServer,
+    tmp_path: Path,
+    trainers: list[ConstantTrainer],
+    pins: list[bytes],
+    rounds: int,
+) -> tuple[list[NodeState], list[RunReport]]:
+    root = (live.settings.state_dir / "enclave" / "maker" / "maker.cert").read_bytes()
+    states = []
+    for i in range(len(trainers)):
+        with HttpApi(live.url, insecure=True) as api:
+            enroll(
+                tmp_path / f"node{i}",
+                api,
+                live.new_token(),
+                scheme=SignatureScheme.ED25519,
+                rng=SystemRng(),
+            )
+        states.append(NodeState.open(tmp_path / f"node{i}"))
+    reports: list[RunReport | None] = [None] * len(states)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def work(i: int) -> None:
+        session = NodeSession(
+            HttpApi(live.url, insecure=True),
+            states[i].require_device(),
+            states[i].signer(),
+            rng=SystemRng(),
+            clock=time.time,
+            sleep=stop.wait,
+            policy=RetryPolicy(initial_s=0.05, max_delay_s=0.5),
+            stop_event=stop,
+        )
+        policy = pinned_policy(pins[i], (root,), allow_simulated=True)
+        rng = DeterministicRng(300 + i)
+        runner = NodeRunner(
+            states[i],
+            session,
+            trainers[i],
+            rng,
+            poll_wait=0.5,
+            pause_s=0.1,
+            participants=[enclave_participant(trainers[i], policy, SystemRng())],
+        )
+        try:
+            reports[i] = runner.run(stop_event=stop)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            session.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(states))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(_closed(live)) < rounds:
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+    assert not errors, errors
+    return states, [r for r in reports if r is not None]
+
+
+def _closed(live: LiveServer) -> list[Round]:
+    factory = session_factory(make_engine(live.settings.database_url))
+    with factory() as db:
+        rows = db.query(Round).order_by(Round.id).all()
+        return [r for r in rows if r.closed_at is not None]
+
+
+def _models(live: LiveServer) -> list[npt.NDArray[np.float32]]:
+    factory = session_factory(make_engine(live.settings.database_url))
+    with factory() as db:
+        rows = db.query(ModelVersion).order_by(ModelVersion.version).all()
+        return [np.frombuffer(r.weights, dtype=np.float32) for r in rows]
+
+
+def _expected(defence: str, trainers: list[ConstantTrainer], round_id: int) -> np.ndarray:
+    updates = np.stack([t.delta(DIM, round_id) for t in trainers])
+    weights = np.array([t.weight for t in trainers], dtype=np.float64)
+    return make_defence(defence).aggregate(updates, weights, None).mean
+
+
+def test_four_nodes_complete_two_rounds_and_the_model_moves_by_the_defence(
+    tmp_path: Path,
+) -> None:
+    live = _server(tmp_path, 4, 2)
+    try:
+        trainers = [ConstantTrainer(seed=80 + i, weight=2 + i) for i in range(4)]
+        pin = _measurement(live)
+        _states, reports = _run(live, tmp_path, trainers, [pin] * 4, rounds=2)
+        rows = _closed(live)
+        assert [r.state for r in rows] == ["COMPLETED", "COMPLETED"], [r.abort_reason for r in rows]
+        models = _models(live)
+        assert len(models) == 3
+        for row, before, after in zip(rows, models, models[1:], strict=False):
+            expected = _expected(live.settings.enclave_defence, trainers, row.id)
+            np.testing.assert_allclose(after - before, expected, rtol=0, atol=1e-6)
+            assert json.loads(row.survivors or "[]") == sorted(map(int, json.loads(row.devices)))
+            assert row.culprits is None
+        assert [r.completed for r in reports] == [2] * 4
+    finally:
+        stop_server(live)
+
+
+def test_a_nan_upload_is_excluded_and_a_wrong_pin_declines_while_the_round_completes(
+    tmp_path: Path,
+) -> None:
+    live = _server(tmp_path, 4, 1, enclave_defence="fedavg")
+    try:
+        trainers = [ConstantTrainer(seed=90 + i, weight=3) for i in range(3)]
+        trainers.append(NanTrainer(seed=99, weight=3))
+        pin = _measurement(live)
+        pins = [pin, pin, b"\x00" * 32, pin]  # node 2 pins another enclave
+        states, reports = _run(live, tmp_path, trainers, pins, rounds=1)
+        (row,) = _closed(live)
+        assert row.state == "COMPLETED", row.abort_reason
+        models = _models(live)
+        honest = [trainers[0], trainers[1]]
+        np.testing.assert_allclose(
+            models[1] - models[0], _expected("fedavg", honest, row.id), rtol=0, atol=1e-6
+        )
+        devices = {v: int(k) for k, v in json.loads(row.devices).items()}
+        ids = [s.require_device().device_id for s in states]
+        culprits = json.loads(row.culprits or "{}")
+        assert list(culprits) == [str(devices[ids[3]])]
+        assert culprits[str(devices[ids[3]])] == "upload excluded by the enclave: not-a-number"
+        factory = session_factory(make_engine(live.settings.database_url))
+        with factory() as db:
+            declined = db.get(Device, ids[2])
+            assert declined is not None and declined.last_notice is not None
+            assert declined.last_notice.startswith("declined: attestation-measurement")
+        assert reports[0].completed == reports[1].completed == 1
+        assert reports[2].completed == 0 and reports[2].dropped >= 1
+        assert reports[3].completed == 0
+    finally:
+        stop_server(live)
