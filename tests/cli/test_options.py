@@ -12,6 +12,7 @@ from qflare.cli.options import (
     PLAIN,
     ChronosMode,
     DatasetName,
+    DemoProtocol,
     LogLevel,
     SchemeName,
     SimProtocol,
@@ -36,6 +37,7 @@ def test_choices_match_the_library():
     assert get_args(ChronosMode) == tuple(p.value for p in ProtocolName if p.epochs)
     assert set(get_args(SimProtocol)) == {p.value for p in SECURE_PROTOCOLS} | {PLAIN}
     assert ServerSettings.model_fields["protocol"].annotation is ProtocolName
+    assert set(get_args(DemoProtocol)) <= {p.value for p in ProtocolName}
     assert get_args(ServerSettings.model_fields["strategy"].annotation) == STRATEGY_NAMES
     assert get_args(LogLevel) == LEVELS
     assert get_args(ServerSettings.model_fields["log_level"].annotation) == LEVELS

@@ -24,6 +24,8 @@ from qflare.fl import build_model, default_model_name, evaluate_batches, load_da
 from qflare.store.db import make_engine, session_factory
 from qflare.store.models import ModelVersion
 
+ENCLAVE_MIN = 2  # valid uploads an enclave round needs (part of the pinned measurement)
+
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -34,6 +36,12 @@ class DemoPlan:
     workdir: Path = Path("out/demo")
     scheme: str = "mldsa65"
     witnesses: int = 2
+    protocol: str = "secagg+"
+
+    @property
+    def label(self) -> str:
+        """How the rounds aggregate, for titles."""
+        return "enclave aggregation" if self.protocol == "enclave" else "SecAgg+"
 
 
 class Evaluator:
@@ -94,7 +102,36 @@ def _start(console: Console, fed: LocalFederation, plan: DemoPlan) -> None:
             str(plan.nodes),
         )
         rounds = ("--max-rounds", str(plan.rounds), "--poll-wait", "2")
-        fed.start_node(i, *args, *rounds, *fed.witness_args())
+        fed.start_node(
+            i, *args, *rounds, *fed.witness_args(), *_enclave_args(console, fed, plan, i)
+        )
+
+
+def _enclave_args(console: Console, fed: LocalFederation, plan: DemoPlan, index: int) -> list[str]:
+    """What a node needs to take part in enclave rounds: the pinned measurement, the root."""
+    if plan.protocol != "enclave":
+        return []
+    from qflare.protocol.identity import encode_authority_key
+    from qflare.server.authority_client import load_authority_key
+    from qflare.tee.aggregator_ta import AggregatorConfig, aggregator_measurement
+
+    key = load_authority_key(fed.authority_dir / "authority.pub")
+    config = AggregatorConfig(authority=encode_authority_key(key), min_accepted=ENCLAVE_MIN)
+    measurement = aggregator_measurement(config).hex()
+    root = fed.workdir / "server" / "enclave" / "maker" / "maker.cert"
+    if index == 0:
+        console.print(
+            "the server aggregates in a [bold]SIMULATED[/] enclave (no hardware isolation; allowed "
+            f"explicitly with enclave_allow_simulated); its simulated maker root: {root}"
+        )
+        console.print(f"nodes pin the aggregation enclave's measurement {measurement}")
+    return [
+        "--enclave-measurement",
+        measurement,
+        "--enclave-root",
+        str(root),
+        "--allow-simulated-attestation",
+    ]
 
 
 def _watch(
@@ -114,7 +151,7 @@ def _watch(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("secure rounds", total=plan.rounds)
+        task = bar.add_task(f"{plan.label} rounds", total=plan.rounds)
         while len(rows) <= plan.rounds:
             done = fed.wait_rounds(len(rows), 600)
             latest = done[len(rows) - 1]
@@ -135,8 +172,10 @@ def _watch(
     return rows
 
 
-def _report(console: Console, fed: LocalFederation, rows: list[dict[str, Any]]) -> None:
-    table = Table(title="global model after each SecAgg+ round (MNIST test split)")
+def _report(
+    console: Console, fed: LocalFederation, plan: DemoPlan, rows: list[dict[str, Any]]
+) -> None:
+    table = Table(title=f"global model after each {plan.label} round (MNIST test split)")
     for col in ("round", "model version", "test accuracy", "test loss"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -149,7 +188,7 @@ def _report(console: Console, fed: LocalFederation, rows: list[dict[str, Any]]) 
     metrics.write_text(
         json.dumps({"rounds": rows, "ledger_head": head, "server_rounds": fed.rounds()}, indent=2)
     )
-    plot = _plot(fed.workdir / "accuracy.png", rows)
+    plot = _plot(fed.workdir / "accuracy.png", rows, plan.label)
     console.print(f"metrics: {metrics}\nplot:    {plot}")
     console.print(f"logs:    {fed.workdir}/server.log, {fed.workdir}/node*.log, witness*.log")
 
@@ -181,7 +220,7 @@ def _ledger_report(console: Console, fed: LocalFederation) -> dict[str, Any]:
     return head
 
 
-def _plot(path: Path, rows: list[dict[str, Any]]) -> Path:
+def _plot(path: Path, rows: list[dict[str, Any]], label: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,12 +231,12 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> Path:
         [r["round"] for r in rows],
         [r["accuracy"] for r in rows],
         marker="o",
-        label="SecAgg+ over HTTPS",
+        label=f"{label} over HTTPS",
     )
     ax.set(
         xlabel="round",
         ylabel="test accuracy",
-        title="QFLARE demo: MNIST over HTTPS with SecAgg+",
+        title=f"QFLARE demo: MNIST over HTTPS with {label}",
         ylim=(0, 1),
     )
     ax.grid(alpha=0.3)
@@ -222,12 +261,18 @@ def run_network_demo(console: Console, plan: DemoPlan) -> list[dict[str, Any]]:
         "signature_scheme": plan.scheme,
         "max_total_weight": 10_000,
     }
+    if plan.protocol == "enclave":
+        settings |= {
+            "protocol": "enclave",
+            "enclave_allow_simulated": True,
+            "enclave_min_accepted": ENCLAVE_MIN,
+        }
     plan.workdir.mkdir(parents=True, exist_ok=True)
     workdir = Path(plan.workdir) / time.strftime("run-%Y%m%d-%H%M%S")
     with LocalFederation(workdir, settings, witnesses=plan.witnesses) as fed:
         _start(console, fed, plan)
         evaluator = Evaluator(workdir / "server" / "qflare.sqlite")
         rows = _watch(console, fed, plan, evaluator)
-        _report(console, fed, rows)
+        _report(console, fed, plan, rows)
     console.print(f"all processes stopped; {time.perf_counter() - start:.0f} s in total")
     return rows

@@ -14,6 +14,7 @@ from typing import Literal, get_args
 __all__ = [
     "PROTOCOLS",
     "ChronosMode",
+    "DemoProtocol",
     "DatasetName",
     "LogLevel",
     "PLAIN",
@@ -36,6 +37,8 @@ PLAIN = "plain"
 """The simulation choice without secure aggregation (not a protocol: a plain weighted sum)."""
 StrategyName = Literal["fedavg", "fedadam", "fedyogi", "fedadagrad"]
 ChronosMode = Literal["chronos", "chronos-dm"]
+DemoProtocol = Literal["secagg+", "enclave"]
+"""``qflare demo --protocol``: the networked demo's aggregation (see ``ProtocolName``)."""
 POISON_ATTACKS: tuple[str, ...] = (
     "sign-flip",
     "scaling",

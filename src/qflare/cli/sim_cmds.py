@@ -15,6 +15,7 @@ from rich.console import Console
 
 from qflare.cli.options import (
     DatasetName,
+    DemoProtocol,
     SimProtocol,
     StrategyName,
     check_attack,
@@ -46,6 +47,13 @@ def demo(
         bool, typer.Option(help="First explain one in-memory SecAgg+ round.")
     ] = True,
     out: OutDir = None,
+    protocol: Annotated[
+        DemoProtocol,
+        typer.Option(
+            help="secagg+ (masked sums) or enclave (uploads sealed to an attested, SIMULATED "
+            "aggregation enclave that releases a robust aggregate)."
+        ),
+    ] = "secagg+",
 ) -> None:
     """The main job: a TLS server and enrolled node processes train MNIST with SecAgg+."""
     from qflare.cli.demo import run_demo
@@ -57,7 +65,13 @@ def demo(
     if explain:
         run_demo(settings, console, clients=20, dim=50_000, dropout=0.2)
     if rounds > 0:
-        plan = DemoPlan(nodes, rounds, out or settings.out_dir / "demo", settings.signature_scheme)
+        plan = DemoPlan(
+            nodes,
+            rounds,
+            out or settings.out_dir / "demo",
+            settings.signature_scheme,
+            protocol=protocol,
+        )
         run_network_demo(console, plan)
 
 
