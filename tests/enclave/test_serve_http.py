@@ -208,3 +208,35 @@ def test_a_nan_upload_is_excluded_and_a_wrong_pin_declines_while_the_round_compl
         assert reports[3].completed == 0
     finally:
         stop_server(live)
+
+
+class FailsInRound(ConstantTrainer):
+    """A device whose training fails in one round (it then stays silent until the deadline)."""
+
+    def __init__(self, seed: int, weight: int, round_id: int) -> None:
+        super().__init__(seed, weight)
+        self.round_id = round_id
+
+    def train(self, weights: FloatVector, round_id: int) -> tuple[FloatVector, int]:
+        if round_id == self.round_id:
+            raise ValueError("training failed")
+        return super().train(weights, round_id)
+
+
+def test_a_round_with_too_few_uploads_aborts_and_the_next_one_completes(tmp_path: Path) -> None:
+    live = _server(tmp_path, 3, 1, enclave_defence="fedavg", train_timeout_s=2.0)
+    try:
+        trainers = [ConstantTrainer(seed=70, weight=4)]
+        trainers += [FailsInRound(seed=71 + i, weight=4, round_id=1) for i in range(2)]
+        pin = _measurement(live)
+        _run(live, tmp_path, trainers, [pin] * 3, rounds=2)
+        first, second = _closed(live)[:2]
+        assert first.state == "ABORTED"
+        assert first.abort_reason is not None and "too-few-accepted" in first.abort_reason
+        assert second.state == "COMPLETED", second.abort_reason  # the enclave was restarted
+        models = _models(live)
+        np.testing.assert_allclose(
+            models[1] - models[0], _expected("fedavg", trainers, second.id), rtol=0, atol=1e-6
+        )
+    finally:
+        stop_server(live)
