@@ -27,6 +27,7 @@ from qflare.node.enclave_upload import enclave_participant, pinned_policy
 from qflare.participant.base import FloatVector
 from qflare.protocol.identity import encode_authority_key
 from qflare.server.authority_client import load_authority_key
+from qflare.server.enclave_coordinator import RESTART_ABORT
 from qflare.store.db import make_engine, session_factory
 from qflare.store.models import Device, ModelVersion, Round
 from qflare.tee.aggregator_ta import AggregatorConfig, aggregator_measurement
@@ -240,3 +241,43 @@ def test_a_round_with_too_few_uploads_aborts_and_the_next_one_completes(tmp_path
         )
     finally:
         stop_server(live)
+
+
+def test_a_restart_aborts_the_open_round_and_the_reopened_enclave_serves_the_next(
+    tmp_path: Path,
+) -> None:
+    live = _server(tmp_path, 3, 1, enclave_defence="fedavg")
+    stop_server(live)  # no devices: nothing opened
+    factory = session_factory(make_engine(live.settings.database_url))
+    with factory() as db, db.begin():
+        db.add(
+            Round(
+                id=1,
+                state="UPLOAD",
+                config=b"{}",
+                devices="{}",
+                model_version=0,
+                opened_at=1.0,
+                deadline_at=2.0,
+            )
+        )
+    port = int(live.url.rsplit(":", 1)[1])
+    again = start_server(
+        tmp_path,
+        port,
+        authority=live.authority,
+        protocol="enclave",
+        enclave_allow_simulated=True,
+        enclave_defence="fedavg",
+        model=f"vector:{DIM}",
+        min_clients=3,
+        max_clients=3,
+    )
+    try:
+        trainers = [ConstantTrainer(seed=60 + i, weight=1) for i in range(3)]
+        _run(again, tmp_path, trainers, [_measurement(again)] * 3, rounds=2)
+        first, second = _closed(again)[:2]
+        assert first.state == "ABORTED" and first.abort_reason == RESTART_ABORT
+        assert second.state == "COMPLETED", second.abort_reason
+    finally:
+        stop_server(again)

@@ -2,7 +2,8 @@
 
 The server runs the aggregator trusted application (:class:`~qflare.tee.aggregator_host.
 AggregatorHost`) in a *simulated* enclave process whose sealed key lives under
-``state_dir/enclave``. One round:
+``state_dir/enclave/<measurement prefix>`` (the simulated maker that certifies it under
+``state_dir/enclave/maker``). One round:
 
 1. open: sample live devices, write the round row, then BEGIN the round in the enclave with the
    sampled devices' certificates, ``enclave_min_accepted`` and ``enclave_defence``; each device's
@@ -53,7 +54,14 @@ from qflare.tee.aggregator_ta import AggregatorConfig, aggregator_measurement
 from qflare.tee.errors import EnclaveError
 from qflare.tee.maker import MAKER_CERT, MAKER_KEY, init_maker, load_maker
 
-__all__ = ["SESSION", "UPLOAD_STATE", "EnclaveCoordinator", "EnclaveRound", "enclave_dir"]
+__all__ = [
+    "RESTART_ABORT",
+    "SESSION",
+    "UPLOAD_STATE",
+    "EnclaveCoordinator",
+    "EnclaveRound",
+    "enclave_dir",
+]
 
 SESSION = "qflare"
 UPLOAD_STATE = "UPLOAD"
@@ -156,9 +164,10 @@ class EnclaveCoordinator(CoordinatorBase[EnclaveRound]):
 
     def _enclave(self) -> AggregatorHost:
         if self._host is None:
-            self._host = AggregatorHost.start(
-                enclave_dir(self.settings), self.config, provisioner=self._maker()
-            )
+            # one state per measurement: a changed configuration (authority, min_accepted) is
+            # another enclave, whose key and counters start afresh (the old blob would not open)
+            state = enclave_dir(self.settings) / self.measurement.hex()[:16]
+            self._host = AggregatorHost.start(state, self.config, provisioner=self._maker())
         return self._host
 
     def _restart_enclave(self) -> None:
