@@ -33,3 +33,32 @@ def maker_init(
         "attestation root (with attestation_allow_simulated = true), and nodes --tee-maker "
         f"{directory}. SIMULATED: this is not a hardware vendor's root."
     )
+
+
+@tee_app.command("enclave-measurement")
+def enclave_measurement(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="The server's settings file.", exists=True, dir_okay=False),
+    ] = None,
+) -> None:
+    """Print the measurement of the server's aggregation enclave (nodes --enclave-measurement).
+
+    It covers the aggregator's code and its configuration: the enrollment authority key and
+    ``enclave_min_accepted`` of the server settings.
+    """
+    from qflare.cli.server_cmds import load_settings
+    from qflare.server.enclave_coordinator import aggregator_config, enclave_dir
+    from qflare.tee.aggregator_ta import aggregator_measurement
+
+    settings = load_settings(config)
+    try:
+        measurement = aggregator_measurement(aggregator_config(settings))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    Console().print(measurement.hex())
+    Console(stderr=True).print(
+        f"nodes: --enclave-measurement {measurement.hex()} --enclave-root "
+        f"{enclave_dir(settings) / 'maker' / 'maker.cert'} --allow-simulated-attestation "
+        "(SIMULATED enclave: no hardware isolation)"
+    )

@@ -59,6 +59,7 @@ __all__ = [
     "SESSION",
     "UPLOAD_STATE",
     "EnclaveCoordinator",
+    "aggregator_config",
     "EnclaveRound",
     "enclave_dir",
 ]
@@ -66,6 +67,20 @@ __all__ = [
 SESSION = "qflare"
 UPLOAD_STATE = "UPLOAD"
 RESTART_ABORT = "server restarted: the enclave's round state is gone (round ids are never reused)"
+
+
+def aggregator_config(settings: ServerSettings) -> AggregatorConfig:
+    """The aggregator enclave's configuration for ``settings`` (what its measurement covers).
+
+    Raises:
+        ValueError: no ``authority_key`` (the enclave admits devices by their certificates).
+    """
+    if settings.authority_key is None:
+        raise ValueError("protocol 'enclave' needs authority_key (the enclave checks certs)")
+    authority = load_authority_key(settings.authority_key)
+    return AggregatorConfig(
+        authority=encode_authority_key(authority), min_accepted=settings.enclave_min_accepted
+    )
 
 
 def enclave_dir(settings: ServerSettings) -> Path:
@@ -131,17 +146,12 @@ class EnclaveCoordinator(CoordinatorBase[EnclaveRound]):
         rng: Rng,
     ) -> None:
         super().__init__(settings, factory, ledger, models, clock, rng)
-        if settings.authority_key is None:
-            raise ValueError("protocol 'enclave' needs authority_key (the enclave checks certs)")
         if not settings.enclave_allow_simulated:
             raise ValueError(
                 "protocol 'enclave' runs on the simulated TEE backend only: set "
                 "enclave_allow_simulated = true (and nodes --allow-simulated-attestation)"
             )
-        authority = load_authority_key(settings.authority_key)
-        self.config = AggregatorConfig(
-            authority=encode_authority_key(authority), min_accepted=settings.enclave_min_accepted
-        )
+        self.config = aggregator_config(settings)
         self._host: AggregatorHost | None = None
 
     @property
