@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from qflare.crypto import DeterministicRng, SignatureScheme, SystemRng
+from qflare.crypto import DeterministicRng, SystemRng
 from qflare.fl.robust import make_defence
 from qflare.node import (
     ConstantTrainer,
-    HttpApi,
     NodeRunner,
     NodeSession,
     NodeState,
-    RetryPolicy,
     RunReport,
-    enroll,
 )
 from qflare.node.enclave_upload import enclave_participant, pinned_policy
 from qflare.participant.base import FloatVector
@@ -32,6 +27,7 @@ from qflare.store.db import make_engine, session_factory
 from qflare.store.models import Device, ModelVersion, Round
 from qflare.tee.aggregator_ta import AggregatorConfig, aggregator_measurement
 from tests.node.conftest import LiveServer, start_server, stop_server
+from tests.node.fleet import enroll_node, run_fleet
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -78,60 +74,22 @@ def _run(
     rounds: int,
 ) -> tuple[list[NodeState], list[RunReport]]:
     root = (live.settings.state_dir / "enclave" / "maker" / "maker.cert").read_bytes()
-    states = []
-    for i in range(len(trainers)):
-        with HttpApi(live.url, insecure=True) as api:
-            enroll(
-                tmp_path / f"node{i}",
-                api,
-                live.new_token(),
-                scheme=SignatureScheme.ED25519,
-                rng=SystemRng(),
-            )
-        states.append(NodeState.open(tmp_path / f"node{i}"))
-    reports: list[RunReport | None] = [None] * len(states)
-    errors: list[BaseException] = []
-    stop = threading.Event()
+    states = [enroll_node(live, tmp_path / f"node{i}") for i in range(len(trainers))]
 
-    def work(i: int) -> None:
-        session = NodeSession(
-            HttpApi(live.url, insecure=True),
-            states[i].require_device(),
-            states[i].signer(),
-            rng=SystemRng(),
-            clock=time.time,
-            sleep=stop.wait,
-            policy=RetryPolicy(initial_s=0.05, max_delay_s=0.5),
-            stop_event=stop,
-        )
+    def runner(i: int, session: NodeSession) -> NodeRunner:
         policy = pinned_policy(pins[i], (root,), allow_simulated=True)
-        rng = DeterministicRng(300 + i)
-        runner = NodeRunner(
+        return NodeRunner(
             states[i],
             session,
             trainers[i],
-            rng,
+            DeterministicRng(300 + i),
             poll_wait=0.5,
             pause_s=0.1,
             participants=[enclave_participant(trainers[i], policy, SystemRng())],
         )
-        try:
-            reports[i] = runner.run(stop_event=stop)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            session.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(states))]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and len(_closed(live)) < rounds:
-        time.sleep(0.1)
-    stop.set()
-    for t in threads:
-        t.join(timeout=20)
-    assert not errors, errors
+    done = lambda: len(_closed(live)) >= rounds  # noqa: E731
+    reports = run_fleet(live, states, runner, done=done, timeout=90)
     return states, [r for r in reports if r is not None]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,18 +9,15 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from qflare.crypto import DeterministicRng, SignatureScheme, SystemRng
+from qflare.crypto import DeterministicRng
 from qflare.node import (
     ConstantTrainer,
-    HttpApi,
     NodeRunner,
     NodeSession,
     NodeState,
     NodeStopped,
-    RetryPolicy,
     RunReport,
     TaskTransport,
-    enroll,
 )
 from qflare.participant.chronos import EnclaveKeystores
 from qflare.protocol.quantize import QuantConfig, dequantize
@@ -34,6 +29,7 @@ from qflare.tee import SimulatedRootCa
 from tests.faults.helpers import assert_rounds_exact
 
 from .conftest import LiveServer, start_server, stop_server
+from .fleet import enroll_node, run_fleet
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -57,12 +53,6 @@ def _server(tmp_path: Path, mode: str, port: int = 0, **overrides: object) -> Li
     return start_server(tmp_path, port, None, **values)
 
 
-def _enroll(live: LiveServer, root: Path) -> NodeState:
-    with HttpApi(live.url, insecure=True) as api:
-        enroll(root, api, live.new_token(), scheme=SignatureScheme.ED25519, rng=SystemRng())
-    return NodeState.open(root)
-
-
 def _closed_rounds(live: LiveServer) -> list[dict[str, object]]:
     return [r for r in live.get("/v1/rounds").json() if r["closed_at"] is not None]
 
@@ -76,25 +66,9 @@ def _run_epoch(
     rounds: int = 2,
 ) -> list[RunReport]:
     """Run the nodes until the server closed ``rounds`` rounds; return their reports."""
-    reports: list[RunReport | None] = [None] * len(states)
-    errors: list[BaseException] = []
-    stop = threading.Event()
 
-    def pause(seconds: float) -> None:
-        stop.wait(seconds)
-
-    def work(i: int) -> None:
+    def runner(i: int, session: NodeSession) -> NodeRunner:
         state = states[i]
-        session = NodeSession(
-            HttpApi(live.url, insecure=True),
-            state.require_device(),
-            state.signer(),
-            rng=SystemRng(),
-            clock=time.time,
-            sleep=pause,
-            policy=RetryPolicy(initial_s=0.05, max_delay_s=0.5),
-            stop_event=stop,
-        )
         mine = enclave(i) if callable(enclave) else enclave
         maker = mine if isinstance(mine, SimulatedRootCa) else None
         keystores = (
@@ -102,7 +76,7 @@ def _run_epoch(
             if mine
             else None
         )
-        runner = NodeRunner(
+        return NodeRunner(
             state,
             wrap(i, session),
             trainers[i],
@@ -111,23 +85,8 @@ def _run_epoch(
             pause_s=0.1,
             keystores=keystores,
         )
-        try:
-            reports[i] = runner.run(stop_event=stop)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            session.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(states))]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_closed_rounds(live)) < rounds:
-        time.sleep(0.1)
-    stop.set()
-    for t in threads:
-        t.join(timeout=20)
-    assert not errors, errors
+    reports = run_fleet(live, states, runner, done=lambda: len(_closed_rounds(live)) >= rounds)
     return [r for r in reports if r is not None]
 
 
@@ -158,7 +117,7 @@ def _rounds(live: LiveServer) -> list[Round]:
 def test_four_nodes_run_one_epoch_of_two_rounds_with_exact_sums(tmp_path: Path, mode: str) -> None:
     live = _server(tmp_path, mode)
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(N)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(N)]
         trainers = [ConstantTrainer(seed=60 + i, weight=3 + i) for i in range(N)]
         reports = _run_epoch(live, states, trainers)
         rows = _rounds(live)
@@ -204,7 +163,7 @@ def test_a_node_dropping_in_round_two_leaves_the_survivors_exact_sum(
 ) -> None:
     live = _server(tmp_path, mode, step_timeout_s=2.0)
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(N)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(N)]
         trainers = [ConstantTrainer(seed=80 + i, weight=2 + i) for i in range(N)]
         # join, keys, shares, ready, then round 1's masked input (and, in -dm, unmask shares)
         wrap: Wrap = lambda i, s: _QuitAfter(s, sends) if i == N - 1 else s  # noqa: E731
@@ -234,7 +193,7 @@ def _attested_server(tmp_path: Path, *, allow_simulated: bool) -> LiveServer:
 def test_attested_enclave_nodes_run_a_chronos_dm_round(tmp_path: Path) -> None:
     live = _attested_server(tmp_path, allow_simulated=True)
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(N)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(N)]
         trainers = [ConstantTrainer(seed=90 + i, weight=4) for i in range(N)]
         _run_epoch(live, states, trainers, enclave=MAKER, rounds=1)
         (row,) = _rounds(live)
@@ -248,7 +207,7 @@ def test_unattested_or_simulated_keystores_are_not_admitted(tmp_path: Path) -> N
     """An enclave server refuses software keystores, and simulated evidence unless allowed."""
     live = _attested_server(tmp_path / "strict", allow_simulated=False)
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(N)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(N)]
         trainers = [ConstantTrainer(seed=95 + i, weight=4) for i in range(N)]
         _run_epoch(live, states, trainers, enclave=lambda i: MAKER if i < 3 else False, rounds=1)
         notices = _notices(live)

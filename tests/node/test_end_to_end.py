@@ -22,7 +22,6 @@ from qflare.node import (
     NodeSession,
     NodeState,
     NodeStopped,
-    RetryPolicy,
     RunReport,
     TaskTransport,
     TorchTrainer,
@@ -40,14 +39,9 @@ from qflare.store.models import ModelVersion, Round
 from tests.authority.helpers import make_authority
 
 from .conftest import LiveServer, start_server, stop_server
+from .fleet import enroll_node, run_fleet
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _enroll(live: LiveServer, root: Path) -> NodeState:
-    with HttpApi(live.url, insecure=True) as api:
-        enroll(root, api, live.new_token(), scheme=SignatureScheme.ED25519, rng=SystemRng())
-    return NodeState.open(root)
 
 
 Wrap = Callable[[int, NodeSession], TaskTransport]
@@ -60,45 +54,13 @@ def _run_nodes(
     wrap: Wrap = lambda _i, session: session,
     stop: threading.Event | None = None,
 ) -> list[RunReport]:
-    reports: list[RunReport | None] = [None] * len(states)
-    errors: list[BaseException] = []
-    stop = stop or threading.Event()
-
-    def work(i: int) -> None:
-        state = states[i]
-        api = HttpApi(live.url, insecure=True)
-        session = NodeSession(
-            api,
-            state.require_device(),
-            state.signer(),
-            rng=SystemRng(),
-            clock=time.time,
-            sleep=stop.wait,
-            policy=RetryPolicy(initial_s=0.05, max_delay_s=0.5),
-            stop_event=stop,
+    def runner(i: int, session: NodeSession) -> NodeRunner:
+        transport = wrap(i, session)
+        return NodeRunner(
+            states[i], transport, trainers[i], DeterministicRng(100 + i), poll_wait=1.0, pause_s=0.1
         )
-        runner = NodeRunner(
-            state,
-            wrap(i, session),
-            trainers[i],
-            DeterministicRng(100 + i),
-            poll_wait=1.0,
-            pause_s=0.1,
-        )
-        try:
-            reports[i] = runner.run(max_rounds=1, stop_event=stop)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            session.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(states))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=45)
-    stop.set()
-    assert not errors, errors
+    reports = run_fleet(live, states, runner, max_rounds=1, timeout=45, stop=stop)
     assert all(r is not None for r in reports), "a node did not finish its round"
     return [r for r in reports if r is not None]
 
@@ -116,7 +78,7 @@ def _wait_for_round(live: LiveServer, timeout: float = 15.0) -> dict[str, object
 def test_three_nodes_complete_a_round_with_the_exact_weighted_sum(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
-    states = [_enroll(live_server, tmp_path / f"node{i}") for i in range(3)]
+    states = [enroll_node(live_server, tmp_path / f"node{i}") for i in range(3)]
     trainers = [ConstantTrainer(seed=7 + i, weight=5 + i) for i in range(3)]
 
     reports = _run_nodes(live_server, states, trainers)
@@ -181,7 +143,7 @@ class _QuitAfter:
 def test_a_node_dying_after_sharing_keys_is_unmasked_away(tmp_path: Path) -> None:
     live = start_server(tmp_path, min_clients=4, k=4, t=3, step_timeout_s=1.5)
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(4)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(4)]
         trainers = [ConstantTrainer(seed=20 + i, weight=2 + i) for i in range(4)]
         wrap: Wrap = lambda i, s: _QuitAfter(s, 2) if i == 3 else s  # noqa: E731
         reports = _run_nodes(live, states, trainers, wrap)
@@ -236,7 +198,7 @@ def test_nodes_reconnect_and_finish_the_round_after_a_server_restart(tmp_path: P
         pause.resume.set()
 
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(3)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(3)]
         trainers = [ConstantTrainer(seed=30 + i, weight=4) for i in range(3)]
         restarter = threading.Thread(target=restart)
         restarter.start()
@@ -303,7 +265,7 @@ def test_identical_masked_input_retry_survives_a_server_restart(tmp_path: Path) 
             pause.resume.set()
 
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(3)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(3)]
         trainers = [ConstantTrainer(seed=50 + i) for i in range(3)]
         restarter = threading.Thread(target=restart)
         restarter.start()
@@ -318,7 +280,7 @@ def test_identical_masked_input_retry_survives_a_server_restart(tmp_path: Path) 
 
 
 def test_a_revoked_device_stops_with_a_fatal_error(live_server: LiveServer, tmp_path: Path) -> None:
-    state = _enroll(live_server, tmp_path / "node")
+    state = enroll_node(live_server, tmp_path / "node")
     factory = session_factory(make_engine(live_server.settings.database_url))
     with factory() as db, db.begin():
         assert repos.revoke_device(db, state.require_device().device_id, time.time())
@@ -341,7 +303,7 @@ def test_registry_is_persisted_and_a_second_enrollment_is_refused(
     live_server: LiveServer, tmp_path: Path
 ) -> None:
     root = tmp_path / "node"
-    state = _enroll(live_server, root)
+    state = enroll_node(live_server, root)
     with HttpApi(live_server.url, insecure=True) as api:
         with pytest.raises(Exception, match="already enrolled"):
             enroll(
@@ -367,7 +329,7 @@ def test_registry_is_persisted_and_a_second_enrollment_is_refused(
 def test_real_local_training_on_digits_shards(live_server: LiveServer, tmp_path: Path) -> None:
     roots = [tmp_path / f"node{i}" for i in range(3)]
     for root in roots:
-        _enroll(live_server, root)
+        enroll_node(live_server, root)
     configs = [
         TrainingConfig(dataset="digits", partition="iid", shard=i, shards=3, lr=0.05)
         for i in range(3)
