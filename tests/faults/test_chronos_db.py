@@ -14,7 +14,8 @@ from qflare.server import app as app_module
 from qflare.server.chronos_coordinator import WRITE_ABORT, ChronosCoordinator
 from qflare.store.db import make_engine
 from tests.node.conftest import stop_server
-from tests.node.test_chronos_http import DIM, _enroll, _rounds, _run_epoch, _server
+from tests.node.fleet import enroll_node
+from tests.node.test_chronos_http import DIM, _rounds, _run_epoch, _server
 
 from .harness import WriteFaults
 from .helpers import assert_rounds_exact
@@ -39,7 +40,7 @@ def test_a_failed_write_abandons_the_epoch_and_the_next_one_completes(
     # the first write once round 1 runs (a masked input's log row) fails, and only that one
     faults.when = lambda: faults.failed == 0 and coord.live is not None and coord.live.in_round
     try:
-        states = [_enroll(live, tmp_path / f"node{i}") for i in range(4)]
+        states = [enroll_node(live, tmp_path / f"node{i}") for i in range(4)]
         trainers = [ConstantTrainer(seed=50 + i, weight=2 + i) for i in range(4)]
         _run_epoch(live, states, trainers, rounds=3)
         rows = _rounds(live)
